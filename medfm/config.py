@@ -1,0 +1,144 @@
+"""Configuration: built-in defaults <- YAML recipe <- dotted command-line overrides.
+
+Every key a recipe or an override may set exists in :data:`DEFAULTS`; an unknown key is an error
+that names the key and the nearest valid one, so a typo never silently does nothing.
+
+Example:
+    >>> cfg = load_config(None, ["train.max_steps=5", "seed=3"])
+    >>> cfg.train.max_steps, cfg.seed
+    (5, 3)
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "out_dir": "runs/default",
+    "data": {
+        "manifest": None,  # path to an ingested manifest.csv
+        "image_size": 32,  # images are resized to image_size x image_size
+        "channels": 1,
+        "intensity_min": 0.0,  # stored intensities mapped linearly from [min, max] to [0, 1]
+        "intensity_max": 255.0,
+        "cache": "memory",  # "none" | "memory" (MONAI CacheDataset)
+    },
+    "model": {
+        "name": "vit_tiny_patch16_224",  # any timm ViT; size is adapted below
+        "patch_size": 4,
+        "depth": 6,  # null keeps the timm default
+        "pooling": "mean",  # "mean" of patch tokens or "cls"
+    },
+    "ssl": {
+        "objective": "mae",
+        "mask_ratio": 0.75,
+        "decoder_dim": 128,
+        "decoder_depth": 2,
+        "decoder_heads": 4,
+        "norm_pix_loss": True,
+    },
+    "train": {
+        "batch_size": 64,
+        "max_steps": 300,
+        "max_minutes": None,
+        "lr": 1.5e-3,
+        "min_lr": 1.0e-5,
+        "weight_decay": 0.05,
+        "betas": [0.9, 0.95],
+        "warmup_steps": 30,
+        "grad_clip": 1.0,
+        "checkpoint_every": 100,
+        "log_every": 10,
+        "progress": True,
+    },
+    "eval": {
+        "heads": ["linear", "knn"],
+        "knn_k_grid": [5, 10, 20],
+        "linear_c_grid": [0.01, 0.1, 1.0, 10.0],
+        "batch_size": 128,
+    },
+    "robustness": {
+        "k": 10,
+        "bio_column": "label",
+        "center_column": "center",
+        "group_column": "patient",
+    },
+    "tracking": {
+        "enabled": True,
+        "uri": None,  # MLFLOW_TRACKING_URI, else a sqlite store inside out_dir
+        "experiment": "medfm",
+        "run_name": None,
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A user-supplied configuration (file or override) is invalid."""
+
+
+def _check_keys(given: Mapping[str, Any], reference: Mapping[str, Any], source: str) -> None:
+    """Raise :class:`ConfigError` for the first key of ``given`` that ``reference`` lacks."""
+    valid = flatten(reference)
+    for key in flatten(given):
+        if key in valid:
+            continue
+        near = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+        hint = f" Did you mean {near[0]!r}?" if near else " See `medfm pretrain --help` and configs/."
+        raise ConfigError(f"Unknown config key {key!r} in {source}.{hint}")
+
+
+def _from_overrides(overrides: Iterable[str]) -> DictConfig:
+    items = list(overrides)
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"Override {item!r} must look like key=value, e.g. train.max_steps=50")
+    return OmegaConf.from_dotlist(items)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
+                base: Mapping[str, Any] | None = None) -> DictConfig:
+    """Merge ``base`` (default :data:`DEFAULTS`) <- YAML ``path`` <- ``overrides`` and validate keys."""
+    reference = dict(base if base is not None else DEFAULTS)
+    layers = [OmegaConf.create(reference)]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist; see configs/ for recipes")
+        file_cfg = OmegaConf.load(path)
+        _check_keys(OmegaConf.to_container(file_cfg), reference, str(path))
+        layers.append(file_cfg)
+    cli_cfg = _from_overrides(overrides)
+    _check_keys(OmegaConf.to_container(cli_cfg), reference, "command-line overrides")
+    layers.append(cli_cfg)
+    return OmegaConf.merge(*layers)
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        f.write(text)
+    os.replace(f.name, path)
+    return path
+
+
+def flatten(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}`` (for MLflow params)."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -1,0 +1,1 @@
+"""Data: synthetic multi-center data, file writers, ingestion to manifests, datasets."""

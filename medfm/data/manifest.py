@@ -1,0 +1,51 @@
+"""The manifest: one CSV row per image or series, identifiers pseudonymised, written atomically."""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+MANIFEST_COLUMNS = ("id", "path", "format", "modality", "shape", "spacing", "patient", "study",
+                    "series", "center", "label", "split")
+
+
+def write_csv(rows: Iterable[Mapping[str, object]], path: str | os.PathLike,
+              columns: Sequence[str]) -> Path:
+    """Write rows with exactly ``columns`` to ``path`` via a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", newline="", dir=path.parent, delete=False,
+                                     suffix=".tmp") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in columns})
+    os.replace(f.name, path)
+    return path
+
+
+def write_manifest(rows: Iterable[Mapping[str, object]], path: str | os.PathLike) -> Path:
+    return write_csv(rows, path, MANIFEST_COLUMNS)
+
+
+def read_manifest(path: str | os.PathLike, required: Sequence[str] = ("path",)) -> list[dict]:
+    """Read a manifest; raise if the file or a required column is missing, naming both."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"Manifest {path} not found; create one with `medfm ingest`")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"Manifest {path} lacks column(s) {missing}; it has {reader.fieldnames}")
+        rows = list(reader)
+    base = path.parent
+    for row in rows:
+        if row.get("path") and not os.path.isabs(row["path"]):
+            row["path"] = str((base / row["path"]).resolve())
+    return rows

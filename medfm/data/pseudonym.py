@@ -1,0 +1,44 @@
+"""Keyed pseudonyms (HMAC-SHA256) for patient, study and series identifiers.
+
+The salt comes from ``$MEDFM_PSEUDONYM_SALT``, or from a config value; without either, a random salt
+is created, stored as ``pseudonym_salt.key`` next to the outputs, and a warning says so. The same salt
+always gives the same pseudonyms, so datasets ingested in separate runs can be joined.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from pathlib import Path
+
+SALT_ENV = "MEDFM_PSEUDONYM_SALT"
+SALT_FILE = "pseudonym_salt.key"
+log = logging.getLogger(__name__)
+
+
+def resolve_salt(out_dir: str | os.PathLike, salt: str | None = None) -> bytes:
+    """Return the salt to use: ``salt`` argument, else the environment, else the stored/new file."""
+    if salt:
+        return salt.encode()
+    if os.environ.get(SALT_ENV):
+        return os.environ[SALT_ENV].encode()
+    path = Path(out_dir) / SALT_FILE
+    if path.is_file():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(secrets.token_hex(32))
+    os.chmod(path, 0o600)
+    log.warning("No pseudonym salt given (set $%s); created a random one at %s. Keep it to "
+                "reproduce these pseudonyms.", SALT_ENV, path)
+    return path.read_bytes().strip()
+
+
+def pseudonymize(value: str, salt: bytes, prefix: str = "p") -> str:
+    """``prefix-<16 hex chars>``: an HMAC-SHA256 of ``value`` under ``salt``; empty stays empty."""
+    if value is None or str(value).strip() == "":
+        return ""
+    digest = hmac.new(salt, str(value).strip().encode(), hashlib.sha256).hexdigest()
+    return f"{prefix}-{digest[:16]}"

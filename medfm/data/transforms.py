@@ -1,0 +1,56 @@
+"""Dict transforms that turn a manifest row into a model-ready sample (MONAI, channel-first)."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Resized,
+    ScaleIntensityRanged,
+)
+from omegaconf import DictConfig
+
+from medfm.data import readers  # noqa: F401  (silences MONAI's nvImageCodec notices)
+
+
+class MatchChannelsd(MapTransform):
+    """Make ``image`` have ``channels`` channels: average RGB to grey, or repeat grey to RGB."""
+
+    def __init__(self, keys: str | list[str], channels: int) -> None:
+        super().__init__(keys)
+        self.channels = channels
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if img.shape[0] == self.channels:
+                continue
+            if self.channels == 1:
+                d[key] = img[:3].mean(dim=0, keepdim=True)
+            elif img.shape[0] == 1:
+                d[key] = img.repeat(self.channels, *([1] * (img.ndim - 1)))
+            else:
+                raise ValueError(f"cannot map {img.shape[0]} channels to {self.channels}")
+        return d
+
+
+def image_transforms(data_cfg: DictConfig) -> Compose:
+    """Load (MONAI picks the reader by suffix), channel-first, scale to [0, 1], resize, float32."""
+    size = int(data_cfg.image_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load = LoadImaged(keys="image", image_only=True, ensure_channel_first=True)
+    return Compose([
+        load,
+        MatchChannelsd("image", int(data_cfg.channels)),
+        ScaleIntensityRanged("image", a_min=float(data_cfg.intensity_min),
+                             a_max=float(data_cfg.intensity_max), b_min=0.0, b_max=1.0, clip=True),
+        Resized("image", spatial_size=(size, size), mode="bilinear", anti_aliasing=True),
+        EnsureTyped("image", dtype=torch.float32, track_meta=False),
+    ])

@@ -1,0 +1,1 @@
+"""Features, heads (scikit-learn API), metrics and robustness (pure functions of arrays)."""

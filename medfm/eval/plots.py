@@ -1,0 +1,40 @@
+"""Figures people would rather look at than read: the embedding map by class and by center."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def pca_2d(features: np.ndarray) -> np.ndarray:
+    """First two principal components ``(n, 2)`` (numpy SVD; deterministic up to sign)."""
+    centered = features - features.mean(0, keepdims=True)
+    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    return centered @ vt[:2].T
+
+
+def embedding_map(features: np.ndarray, bio: np.ndarray, center: np.ndarray,
+                  path: str | os.PathLike, title: str = "") -> Path:
+    """Two PCA scatter plots side by side, coloured by biological class and by center."""
+    xy = pca_2d(np.asarray(features, dtype=np.float64))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), constrained_layout=True)
+    for ax, values, name in zip(axes, (bio, center), ("class", "center"), strict=True):
+        for value in sorted(set(values)):
+            keep = values == value
+            ax.scatter(xy[keep, 0], xy[keep, 1], s=10, alpha=0.7, label=str(value))
+        ax.set_title(f"coloured by {name}")
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+        ax.legend(fontsize=7, markerscale=1.5)
+    fig.suptitle(title or "Encoder embedding (PCA)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

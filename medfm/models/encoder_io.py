@@ -1,0 +1,58 @@
+"""The encoder artifact: ``encoder.safetensors`` + the resolved ``config.yaml`` that rebuilds it.
+
+Loading needs no pickle. The state-dict keys are timm's own, so the weights also load into a plain
+``timm.create_model(name, **kwargs)`` (the kwargs are in ``config.yaml`` under ``encoder``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+
+from medfm.config import save_config
+from medfm.models.backbones import backbone_kwargs, build_backbone
+
+WEIGHTS = "encoder.safetensors"
+CONFIG = "config.yaml"
+
+
+def save_encoder(model: torch.nn.Module, cfg: DictConfig, out_dir: str | os.PathLike) -> Path:
+    """Write ``out_dir/encoder.safetensors`` (atomically) and ``out_dir/config.yaml``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = OmegaConf.merge(cfg, {"encoder": {"timm_name": cfg.model.name, "timm_kwargs": backbone_kwargs(
+        cfg.model, cfg.data.image_size, cfg.data.channels)}})
+    save_config(cfg, out_dir / CONFIG)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = out_dir / f".{WEIGHTS}.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt", "timm_name": str(cfg.model.name)})
+    os.replace(tmp, out_dir / WEIGHTS)
+    return out_dir / WEIGHTS
+
+
+def _artifact_dir(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    folder = path.parent if path.suffix == ".safetensors" else path
+    if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
+        raise FileNotFoundError(
+            f"No encoder artifact at {path}: expected {folder / WEIGHTS} and {folder / CONFIG} "
+            "(a `medfm pretrain` out_dir)")
+    return folder
+
+
+def load_encoder_config(path: str | os.PathLike) -> DictConfig:
+    return OmegaConf.load(_artifact_dir(path) / CONFIG)
+
+
+def load_encoder(path: str | os.PathLike, random_init: bool = False) -> tuple[torch.nn.Module, DictConfig]:
+    """Rebuild the backbone from ``config.yaml`` and load the weights (unless ``random_init``)."""
+    folder = _artifact_dir(path)
+    cfg = OmegaConf.load(folder / CONFIG)
+    model = build_backbone(cfg.model, cfg.data.image_size, cfg.data.channels)
+    if not random_init:
+        model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    return model.eval(), cfg

@@ -1,0 +1,1 @@
+"""Training engine: optimiser and schedule, checkpoints and resume, the step loop, pre-training."""
