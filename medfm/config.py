@@ -91,7 +91,9 @@ def _check_keys(given: Mapping[str, Any], reference: Mapping[str, Any], source: 
         if key in valid:
             continue
         near = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-        hint = f" Did you mean {near[0]!r}?" if near else " See `medfm pretrain --help` and configs/."
+        hint = (
+            f" Did you mean {near[0]!r}?" if near else " See `medfm pretrain --help` and configs/."
+        )
         raise ConfigError(f"Unknown config key {key!r} in {source}.{hint}")
 
 
@@ -99,13 +101,18 @@ def _from_overrides(overrides: Iterable[str]) -> DictConfig:
     items = list(overrides)
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"Override {item!r} must look like key=value, e.g. train.max_steps=50")
+            raise ConfigError(
+                f"Override {item!r} must look like key=value, e.g. train.max_steps=50"
+            )
     return OmegaConf.from_dotlist(items)
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
-                base: Mapping[str, Any] | None = None) -> DictConfig:
-    """Merge ``base`` (default :data:`DEFAULTS`) <- YAML ``path`` <- ``overrides`` and validate keys."""
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: Iterable[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> DictConfig:
+    """Merge ``base`` (:data:`DEFAULTS`) <- YAML ``path`` <- ``overrides``; validate keys."""
     reference = dict(base if base is not None else DEFAULTS)
     layers = [OmegaConf.create(reference)]
     if path is not None:

@@ -1,7 +1,8 @@
 """``medfm demo``: the whole pipeline on the embedded multi-center dataset, in one call.
 
 generate files -> ingest (MONAI readers, pseudonyms, patient-level splits) -> MAE pre-training of a
-small timm ViT -> encoder artifact -> linear probe and kNN test AUC (and the random-init baseline) ->
+small timm ViT -> encoder artifact -> linear probe and kNN test AUC (and the random-init
+baseline) ->
 robustness index (de Jong et al. 2025 ratio; PathoROB normalized) -> MLflow.
 """
 
@@ -35,24 +36,49 @@ QUICK = DemoSize(cases_per_center=16, images_per_case=2, max_steps=60, batch_siz
 
 
 def _config(out: Path, size: DemoSize, seed: int, tracking: bool, progress: bool):
-    return load_config(None, [
-        f"out_dir={out / 'pretrain'}", f"seed={seed}", f"data.manifest={out / 'ingest' / 'manifest.csv'}",
-        f"train.max_steps={size.max_steps}", f"train.batch_size={size.batch_size}",
-        f"train.warmup_steps={max(1, size.max_steps // 10)}", f"train.progress={progress}",
-        f"tracking.enabled={tracking}", "tracking.experiment=medfm-demo",
-        f"train.checkpoint_every={max(1, size.max_steps // 2)}"])
+    return load_config(
+        None,
+        [
+            f"out_dir={out / 'pretrain'}",
+            f"seed={seed}",
+            f"data.manifest={out / 'ingest' / 'manifest.csv'}",
+            f"train.max_steps={size.max_steps}",
+            f"train.batch_size={size.batch_size}",
+            f"train.warmup_steps={max(1, size.max_steps // 10)}",
+            f"train.progress={progress}",
+            f"tracking.enabled={tracking}",
+            "tracking.experiment=medfm-demo",
+            f"train.checkpoint_every={max(1, size.max_steps // 2)}",
+        ],
+    )
 
 
-def run_demo(out_dir: str | os.PathLike = "runs/demo", *, quick: bool = False,
-             center_strength: float = 0.5, seed: int = 0, tracking: bool = True,
-             progress: bool = True) -> dict:
+def run_demo(
+    out_dir: str | os.PathLike = "runs/demo",
+    *,
+    quick: bool = False,
+    center_strength: float = 0.5,
+    seed: int = 0,
+    tracking: bool = True,
+    progress: bool = True,
+) -> dict:
     """Run the demo end to end; returns (and writes to ``out_dir/summary.json``) the summary."""
     out, size, t0 = Path(out_dir).resolve(), QUICK if quick else FULL, time.perf_counter()
-    spec = SyntheticSpec(cases_per_center=size.cases_per_center, images_per_case=size.images_per_case,
-                         center_strength=center_strength, seed=seed)
+    spec = SyntheticSpec(
+        cases_per_center=size.cases_per_center,
+        images_per_case=size.images_per_case,
+        center_strength=center_strength,
+        seed=seed,
+    )
     labels = write_dataset(out / "data", spec)
-    report = ingest([out / "data" / "raw"], out / "ingest", labels=labels, salt=DEMO_SALT, seed=seed,
-                    progress=progress).counts
+    report = ingest(
+        [out / "data" / "raw"],
+        out / "ingest",
+        labels=labels,
+        salt=DEMO_SALT,
+        seed=seed,
+        progress=progress,
+    ).counts
     cfg = _config(out, size, seed, tracking, progress)
     logger = make_logger(cfg.tracking, out, run_name=f"demo-strength{center_strength:g}-seed{seed}")
     try:
@@ -63,11 +89,23 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, quick: bool = False,
         table, _ = encoder_features(encoder_dir, cfg.data.manifest, progress=progress)
         heads = run_evaluate(table, cfg, out / "evaluation", logger)
         robust = run_robustness(table, int(cfg.robustness.k), out / "robustness", logger)
-        baseline, _ = encoder_features(encoder_dir, cfg.data.manifest, random_init=True,
-                                       seed=seed, progress=False)
+        baseline, _ = encoder_features(
+            encoder_dir, cfg.data.manifest, random_init=True, seed=seed, progress=False
+        )
         base = run_evaluate(baseline, cfg, out / "evaluation" / "random_init")
-        summary = _summary(heads, robust, base, report, result.steps, center_strength, seed,
-                           logger, cfg.tracking.enabled and logger.run_id, out, t0)
+        summary = _summary(
+            heads,
+            robust,
+            base,
+            report,
+            result.steps,
+            center_strength,
+            seed,
+            logger,
+            cfg.tracking.enabled and logger.run_id,
+            out,
+            t0,
+        )
         logger.log_metrics({"demo/random_init_linear_auc": summary["random_init_linear_auc"]})
         logger.log_artifact(write_json(summary, out / "summary.json"))
     except BaseException:
@@ -79,13 +117,19 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", *, quick: bool = False,
 
 def _summary(heads, robust, base, report, steps, strength, seed, logger, tracked, out, t0) -> dict:
     return {
-        "linear_auc": heads["linear"]["test_auc"], "knn_auc": heads["knn"]["test_auc"],
-        "linear_acc": heads["linear"]["test_acc"], "knn_acc": heads["knn"]["test_acc"],
+        "linear_auc": heads["linear"]["test_auc"],
+        "knn_auc": heads["knn"]["test_auc"],
+        "linear_acc": heads["linear"]["test_acc"],
+        "knn_acc": heads["knn"]["test_acc"],
         "random_init_linear_auc": base["linear"]["test_auc"],
         "robustness_index": robust["robustness_index"],
         "robustness_index_normalized": robust["robustness_index_normalized"],
-        "robustness_k": robust["k"], "center_strength": strength, "seed": seed,
-        "pretrain_steps": steps, "images": report["accepted"], "quarantined": report["rejected"],
+        "robustness_k": robust["k"],
+        "center_strength": strength,
+        "seed": seed,
+        "pretrain_steps": steps,
+        "images": report["accepted"],
+        "quarantined": report["rejected"],
         "mlflow_run_id": logger.run_id if tracked else None,
         "tracking_uri": logger.tracking_uri if tracked else None,
         "encoder": str(out / "pretrain" / "encoder.safetensors"),
@@ -96,17 +140,30 @@ def _summary(heads, robust, base, report, steps, strength, seed, logger, tracked
 def format_summary(summary: dict) -> str:
     """The table ``medfm demo`` prints, and how to open MLflow on the run."""
     lines = ["", "medfm demo summary", "-" * 48]
-    for key in ("linear_auc", "knn_auc", "random_init_linear_auc", "robustness_index",
-                "robustness_index_normalized", "center_strength", "images", "pretrain_steps",
-                "seconds"):
+    for key in (
+        "linear_auc",
+        "knn_auc",
+        "random_init_linear_auc",
+        "robustness_index",
+        "robustness_index_normalized",
+        "center_strength",
+        "images",
+        "pretrain_steps",
+        "seconds",
+    ):
         value = summary[key]
-        lines.append(f"{key:<30} {value:>12.3f}" if isinstance(value, float) else f"{key:<30} {value:>12}")
+        lines.append(
+            f"{key:<30} {value:>12.3f}" if isinstance(value, float) else f"{key:<30} {value:>12}"
+        )
     lines.append("-" * 48)
     uri = summary.get("tracking_uri")
     if uri:
         lines.append(f"MLflow run {summary['mlflow_run_id']}; open the UI with:")
-        lines.append(f"  mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite")
-                     else f"  open {uri} in a browser")
+        lines.append(
+            f"  mlflow ui --backend-store-uri {uri}"
+            if uri.startswith("sqlite")
+            else f"  open {uri} in a browser"
+        )
     return "\n".join(lines)
 
 

@@ -9,18 +9,24 @@ from types import SimpleNamespace
 
 def _add_synthetic(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "synthetic", help="write the embedded multi-center dataset as real files",
+        "synthetic",
+        help="write the embedded multi-center dataset as real files",
         description="Write grey-scale 2D images of four biological classes from several virtual "
-                    "centers as DICOM (with synthetic PHI in the headers), NIfTI and PNG, plus "
-                    "labels.csv. The same seed gives identical files.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "centers as DICOM (with synthetic PHI in the headers), NIfTI and PNG, plus "
+        "labels.csv. The same seed gives identical files.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--out", required=True, help="folder to write raw/ and labels.csv into")
     p.add_argument("--centers", type=int, default=3, help="number of centers (1-4)")
     p.add_argument("--cases-per-center", type=int, default=50, help="patients per center")
     p.add_argument("--images-per-case", type=int, default=3, help="images per patient")
     p.add_argument("--size", type=int, default=32, help="image side in pixels")
-    p.add_argument("--center-strength", type=float, default=0.5,
-                   help="center signature, 0 (none) to 1 (strong)")
+    p.add_argument(
+        "--center-strength",
+        type=float,
+        default=0.5,
+        help="center signature, 0 (none) to 1 (strong)",
+    )
     p.add_argument("--color", action="store_true", help="H&E-like RGB tiles (PNG) instead of grey")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(run=_run_synthetic)
@@ -29,32 +35,49 @@ def _add_synthetic(sub: argparse._SubParsersAction) -> None:
 def _run_synthetic(args: argparse.Namespace) -> int:
     from medfm.data.synthetic import SyntheticSpec, write_dataset
 
-    spec = SyntheticSpec(args.centers, args.cases_per_center, args.images_per_case, args.size,
-                         args.center_strength, args.seed, args.color)
+    spec = SyntheticSpec(
+        args.centers,
+        args.cases_per_center,
+        args.images_per_case,
+        args.size,
+        args.center_strength,
+        args.seed,
+        args.color,
+    )
     print(f"Wrote {write_dataset(args.out, spec)}")
     return 0
 
 
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "ingest", help="scan folders of DICOM/NIfTI/PNG into a de-identified manifest",
+        "ingest",
+        help="scan folders of DICOM/NIfTI/PNG into a de-identified manifest",
         description="Scan SOURCE folders recursively; write OUT/manifest.csv (one row per image, "
-                    "identifiers replaced by HMAC pseudonyms, patient-level splits), "
-                    "OUT/quarantine.csv (each rejected file with its reason) and OUT/report.json "
-                    "(counts). Source files are never modified.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "identifiers replaced by HMAC pseudonyms, patient-level splits), "
+        "OUT/quarantine.csv (each rejected file with its reason) and OUT/report.json "
+        "(counts). Source files are never modified.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="folders or files to ingest")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--labels", help="CSV with one row per image (or patient) and a label column")
-    p.add_argument("--label-key", default="path",
-                   help="labels column to join on; 'path' is resolved relative to the CSV's folder")
+    p.add_argument(
+        "--label-key",
+        default="path",
+        help="labels column to join on; 'path' is resolved relative to the CSV's folder",
+    )
     p.add_argument("--label-column", default="label", help="labels column holding the class")
-    p.add_argument("--center", default="column:center",
-                   help="where the center comes from: column:NAME (labels file), folder:LEVEL "
-                        "(0 = first folder under SOURCE) or dicom:TAG (InstitutionName is "
-                        "pseudonymised)")
-    p.add_argument("--salt", help="pseudonym salt (default: $MEDFM_PSEUDONYM_SALT, else a random "
-                                  "one saved in OUT)")
+    p.add_argument(
+        "--center",
+        default="column:center",
+        help="where the center comes from: column:NAME (labels file), folder:LEVEL "
+        "(0 = first folder under SOURCE) or dicom:TAG (InstitutionName is "
+        "pseudonymised)",
+    )
+    p.add_argument(
+        "--salt",
+        help="pseudonym salt (default: $MEDFM_PSEUDONYM_SALT, else a random one saved in OUT)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
     p.set_defaults(run=_run_ingest)
 
@@ -62,9 +85,16 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
 def _run_ingest(args: argparse.Namespace) -> int:
     from medfm.data.ingest import ingest
 
-    result = ingest(args.sources, args.out, labels=args.labels, label_key=args.label_key,
-                    label_column=args.label_column, center=args.center, salt=args.salt,
-                    seed=args.seed)
+    result = ingest(
+        args.sources,
+        args.out,
+        labels=args.labels,
+        label_key=args.label_key,
+        label_column=args.label_column,
+        center=args.center,
+        salt=args.salt,
+        seed=args.seed,
+    )
     print(json.dumps(result.counts, indent=2))
     print(f"Manifest: {result.manifest}\nQuarantine: {result.quarantine}")
     return 0

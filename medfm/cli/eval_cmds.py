@@ -8,15 +8,22 @@ from types import SimpleNamespace
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--encoder", required=True,
-                   help="encoder artifact: a pretrain out_dir or its encoder.safetensors; prefix "
-                        "with random: for the same architecture at random initialisation")
+    p.add_argument(
+        "--encoder",
+        required=True,
+        help="encoder artifact: a pretrain out_dir or its encoder.safetensors; prefix "
+        "with random: for the same architecture at random initialisation",
+    )
     p.add_argument("--data", required=True, help="manifest.csv (or its folder) with a split column")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed (random-init weights)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="eval.* / robustness.* / tracking.* overrides, e.g. eval.heads=[linear]")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="eval.* / robustness.* / tracking.* overrides, e.g. eval.heads=[linear]",
+    )
 
 
 def _features(args: argparse.Namespace):
@@ -24,12 +31,20 @@ def _features(args: argparse.Namespace):
     from medfm.eval.runner import encoder_features
     from medfm.tracking.base import make_logger
 
-    cfg = load_config(None, [*args.overrides, f"out_dir={args.out}"] +
-                      (["tracking.enabled=false"] if args.no_tracking else []))
+    cfg = load_config(
+        None,
+        [*args.overrides, f"out_dir={args.out}"]
+        + (["tracking.enabled=false"] if args.no_tracking else []),
+    )
     random_init = args.encoder.startswith("random:")
     path = args.encoder.removeprefix("random:")
-    table, _ = encoder_features(path, args.data, random_init=random_init, seed=args.seed,
-                                batch_size=int(cfg.eval.batch_size))
+    table, _ = encoder_features(
+        path,
+        args.data,
+        random_init=random_init,
+        seed=args.seed,
+        batch_size=int(cfg.eval.batch_size),
+    )
     logger = make_logger(cfg.tracking, args.out, run_name=f"{args.command}")
     logger.log_params({"encoder": args.encoder, "data": args.data})
     return table, cfg, logger
@@ -37,10 +52,12 @@ def _features(args: argparse.Namespace):
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "evaluate", help="downstream heads on frozen features: test AUC",
+        "evaluate",
+        help="downstream heads on frozen features: test AUC",
         description="Extract features of every manifest row, fit each head in eval.heads on the "
-                    "train split (hyper-parameters chosen on val) and report test AUC and accuracy "
-                    "in OUT/metrics.json.")
+        "train split (hyper-parameters chosen on val) and report test AUC and accuracy "
+        "in OUT/metrics.json.",
+    )
     _common(p)
     p.set_defaults(run=_run_evaluate)
 
@@ -57,11 +74,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def _add_robustness(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "robustness", help="robustness index: does the encoder see the center or the biology?",
+        "robustness",
+        help="robustness index: does the encoder see the center or the biology?",
         description="Robustness index of the encoder's features on the manifest, in both published "
-                    "variants: ratio (de Jong et al. 2025; above 1 biology dominates) and normalized "
-                    "(PathoROB SO/(SO+OS); 0.5 neutral). Same-patient neighbours are excluded. "
-                    "Writes OUT/robustness.json and OUT/embedding_map.png.")
+        "variants: ratio (de Jong et al. 2025; above 1 biology dominates) and normalized "
+        "(PathoROB SO/(SO+OS); 0.5 neutral). Same-patient neighbours are excluded. "
+        "Writes OUT/robustness.json and OUT/embedding_map.png.",
+    )
     _common(p)
     p.add_argument("--k", type=int, help="neighbours per sample (default robustness.k)")
     p.set_defaults(run=_run_robustness)

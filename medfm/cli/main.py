@@ -12,17 +12,24 @@ from medfm.cli import data_cmds, demo_cmd, eval_cmds, pretrain_cmd
 from medfm.config import ConfigError
 from medfm.train.engine import NonFiniteLossError
 
-COMMANDS = (demo_cmd, data_cmds.synthetic, data_cmds.ingest, pretrain_cmd, eval_cmds.evaluate,
-            eval_cmds.robustness)
+COMMANDS = (
+    demo_cmd,
+    data_cmds.synthetic,
+    data_cmds.ingest,
+    pretrain_cmd,
+    eval_cmds.evaluate,
+    eval_cmds.robustness,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medfm",
         description="Medical imaging foundation models: ingest DICOM/NIfTI/PNG, pre-train ViTs "
-                    "self-supervised, evaluate downstream heads and audit robustness across "
-                    "medical centers. Every run is tracked in MLflow.",
-        epilog="Start with `medfm demo --quick`. Each command has its own --help.")
+        "self-supervised, evaluate downstream heads and audit robustness across "
+        "medical centers. Every run is tracked in MLflow.",
+        epilog="Start with `medfm demo --quick`. Each command has its own --help.",
+    )
     parser.add_argument("--version", action="version", version=f"medfm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -34,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -7,16 +7,22 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "pretrain", help="self-supervised pre-training of a ViT encoder",
+        "pretrain",
+        help="self-supervised pre-training of a ViT encoder",
         description="Pre-train an encoder on the train split of data.manifest. Settings come from "
-                    "built-in defaults <- --config FILE <- KEY=VALUE overrides. Writes "
-                    "OUT_DIR/config.yaml, OUT_DIR/encoder.safetensors and checkpoints; rerunning "
-                    "the same command on the same out_dir resumes.",
+        "built-in defaults <- --config FILE <- KEY=VALUE overrides. Writes "
+        "OUT_DIR/config.yaml, OUT_DIR/encoder.safetensors and checkpoints; rerunning "
+        "the same command on the same out_dir resumes.",
         epilog="Example: medfm pretrain --config configs/pretrain/mae_vit_tiny_2d.yaml "
-               "data.manifest=runs/demo/ingest/manifest.csv train.max_steps=50 out_dir=runs/x seed=1")
+        "data.manifest=runs/demo/ingest/manifest.csv train.max_steps=50 out_dir=runs/x seed=1",
+    )
     p.add_argument("--config", help="YAML recipe (see configs/pretrain/)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="dotted overrides, e.g. train.max_steps=50 seed=1")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. train.max_steps=50 seed=1",
+    )
     p.set_defaults(run=run)
 
 
@@ -33,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
         logger.close("FAILED")
         raise
     logger.close()
-    print(f"Trained {result.steps} steps (final loss {result.final_loss:.4f}, "
-          f"{result.images_per_second:.0f} images/s). Encoder: {out_dir / 'encoder.safetensors'}")
+    print(
+        f"Trained {result.steps} steps (final loss {result.final_loss:.4f}, "
+        f"{result.images_per_second:.0f} images/s). Encoder: {out_dir / 'encoder.safetensors'}"
+    )
     if logger.run_id:
         print(f"MLflow run {logger.run_id} at {logger.tracking_uri}")
     return 0

@@ -1,4 +1,7 @@
-"""Manifest rows -> MONAI datasets of sample dicts (``image``, ``label``, ``center``, ``patient``, ``id``)."""
+"""Manifest rows -> MONAI datasets of sample dicts.
+
+Each sample has ``image``, ``label``, ``center``, ``patient``, ``id`` and ``split``.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ def rows_for_split(rows: Sequence[dict], split: str | None) -> list[dict]:
 
 
 def build_dataset(rows: Sequence[dict], data_cfg: DictConfig, progress: bool = False) -> Dataset:
-    """A MONAI ``Dataset`` (``data.cache=none``) or ``CacheDataset`` (``memory``) over manifest rows."""
+    """A MONAI ``Dataset`` (``data.cache=none``) or ``CacheDataset`` (``memory``) of rows."""
     items = [{k: r.get(k, "") for k in SAMPLE_KEYS} | {"image": r["path"]} for r in rows]
     transform = image_transforms(data_cfg)
     if data_cfg.cache == "none":

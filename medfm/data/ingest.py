@@ -2,7 +2,8 @@
 
 Every file found is either accepted (one manifest row) or rejected (one quarantine row with the
 reason), so ``seen == accepted + rejected``. Patient, study and series identifiers are replaced by
-HMAC pseudonyms (:mod:`medfm.data.pseudonym`); no DICOM PHI attribute reaches any output. Source files
+HMAC pseudonyms (:mod:`medfm.data.pseudonym`); no DICOM PHI attribute reaches any output.
+Source files
 are only read, never modified.
 
 Example:
@@ -49,7 +50,9 @@ def scan(sources: Sequence[str | os.PathLike]) -> list[tuple[Path, Path]]:
             raise FileNotFoundError(f"Source {root} does not exist; pass a folder or a file")
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         base = root.parent if root.is_file() else root
-        found += [(f, base) for f in files if not any(part.startswith(".") for part in f.parts[-1:])]
+        found += [
+            (f, base) for f in files if not any(part.startswith(".") for part in f.parts[-1:])
+        ]
     return found
 
 
@@ -59,15 +62,18 @@ def read_labels(path: str | os.PathLike, key: str) -> dict[str, dict[str, str]]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if key not in (reader.fieldnames or []):
-            raise ValueError(f"Labels file {path} has no column {key!r}; columns: {reader.fieldnames}")
+            raise ValueError(
+                f"Labels file {path} has no column {key!r}; columns: {reader.fieldnames}"
+            )
         rows = list(reader)
     if key == "path":
         return {str((path.parent / r[key]).resolve()): r for r in rows}
     return {r[key]: r for r in rows}
 
 
-def _center(spec: str, info: FileInfo, file: Path, root: Path, label_row: dict | None,
-            salt: bytes) -> str:
+def _center(
+    spec: str, info: FileInfo, file: Path, root: Path, label_row: dict | None, salt: bytes
+) -> str:
     kind, _, arg = spec.partition(":")
     if kind == "column":
         return (label_row or {}).get(arg, "")
@@ -77,7 +83,9 @@ def _center(spec: str, info: FileInfo, file: Path, root: Path, label_row: dict |
     if kind == "dicom":
         value = info.header.get(arg, "")
         # Institution and station names identify a hospital; only their pseudonym is kept.
-        return pseudonymize(value, salt, "c") if arg in ("InstitutionName", "StationName") else value
+        return (
+            pseudonymize(value, salt, "c") if arg in ("InstitutionName", "StationName") else value
+        )
     raise ValueError(f"--center {spec!r}: use dicom:TAG, folder:LEVEL or column:NAME")
 
 
@@ -97,7 +105,9 @@ def _row(file: Path, root: Path, fmt: str, info: FileInfo, salt: bytes) -> dict:
     }
 
 
-def _accept_or_reject(file: Path, root: Path, salt: bytes) -> tuple[dict | None, str | None, FileInfo | None]:
+def _accept_or_reject(
+    file: Path, root: Path, salt: bytes
+) -> tuple[dict | None, str | None, FileInfo | None]:
     fmt = file_format(file)
     if fmt is None:
         return None, f"unsupported file type {file.suffix or '(no suffix)'!r}", None
@@ -118,11 +128,19 @@ def _split(rows: list[dict], fractions: Sequence[float], seed: int) -> None:
     check_no_patient_leak(rows)
 
 
-def ingest(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-           labels: str | os.PathLike | None = None, label_key: str = "path",
-           label_column: str = "label", center: str = "column:center", salt: str | None = None,
-           fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0,
-           progress: bool = True) -> IngestResult:
+def ingest(
+    sources: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    labels: str | os.PathLike | None = None,
+    label_key: str = "path",
+    label_column: str = "label",
+    center: str = "column:center",
+    salt: str | None = None,
+    fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    seed: int = 0,
+    progress: bool = True,
+) -> IngestResult:
     """Scan ``sources``, write ``out_dir/{manifest.csv,quarantine.csv,report.json}``."""
     out_dir = Path(out_dir)
     key = resolve_salt(out_dir, salt)
@@ -144,9 +162,13 @@ def ingest(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
     if rows:
         _split(rows, fractions, seed)
     counts = _report(rows, rejected, table, matched)
-    return IngestResult(write_manifest(rows, out_dir / "manifest.csv"),
-                        write_csv(rejected, out_dir / "quarantine.csv", ("path", "reason")),
-                        _write_json(counts, out_dir / "report.json"), rows, counts)
+    return IngestResult(
+        write_manifest(rows, out_dir / "manifest.csv"),
+        write_csv(rejected, out_dir / "quarantine.csv", ("path", "reason")),
+        _write_json(counts, out_dir / "report.json"),
+        rows,
+        counts,
+    )
 
 
 def _report(rows: list[dict], rejected: list[dict], table: dict, matched: set) -> dict:

@@ -8,17 +8,31 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-MANIFEST_COLUMNS = ("id", "path", "format", "modality", "shape", "spacing", "patient", "study",
-                    "series", "center", "label", "split")
+MANIFEST_COLUMNS = (
+    "id",
+    "path",
+    "format",
+    "modality",
+    "shape",
+    "spacing",
+    "patient",
+    "study",
+    "series",
+    "center",
+    "label",
+    "split",
+)
 
 
-def write_csv(rows: Iterable[Mapping[str, object]], path: str | os.PathLike,
-              columns: Sequence[str]) -> Path:
+def write_csv(
+    rows: Iterable[Mapping[str, object]], path: str | os.PathLike, columns: Sequence[str]
+) -> Path:
     """Write rows with exactly ``columns`` to ``path`` via a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", newline="", dir=path.parent, delete=False,
-                                     suffix=".tmp") as f:
+    with tempfile.NamedTemporaryFile(
+        "w", newline="", dir=path.parent, delete=False, suffix=".tmp"
+    ) as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
@@ -42,7 +56,9 @@ def read_manifest(path: str | os.PathLike, required: Sequence[str] = ("path",)) 
         reader = csv.DictReader(f)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"Manifest {path} lacks column(s) {missing}; it has {reader.fieldnames}")
+            raise ValueError(
+                f"Manifest {path} lacks column(s) {missing}; it has {reader.fieldnames}"
+            )
         rows = list(reader)
     base = path.parent
     for row in rows:

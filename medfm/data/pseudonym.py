@@ -1,7 +1,8 @@
 """Keyed pseudonyms (HMAC-SHA256) for patient, study and series identifiers.
 
 The salt comes from ``$MEDFM_PSEUDONYM_SALT``, or from a config value; without either, a random salt
-is created, stored as ``pseudonym_salt.key`` next to the outputs, and a warning says so. The same salt
+is created, stored as ``pseudonym_salt.key`` next to the outputs, and a warning says so.
+The same salt
 always gives the same pseudonyms, so datasets ingested in separate runs can be joined.
 """
 
@@ -31,8 +32,12 @@ def resolve_salt(out_dir: str | os.PathLike, salt: str | None = None) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(secrets.token_hex(32))
     os.chmod(path, 0o600)
-    log.warning("No pseudonym salt given (set $%s); created a random one at %s. Keep it to "
-                "reproduce these pseudonyms.", SALT_ENV, path)
+    log.warning(
+        "No pseudonym salt given (set $%s); created a random one at %s. Keep it to "
+        "reproduce these pseudonyms.",
+        SALT_ENV,
+        path,
+    )
     return path.read_bytes().strip()
 
 

@@ -19,14 +19,33 @@ from monai.transforms import LoadImage
 logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
-SUFFIX_FORMATS = {".dcm": "dicom", ".dicom": "dicom", ".nii": "nifti", ".nii.gz": "nifti",
-                  ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff"}
-MONAI_READERS = {"dicom": "PydicomReader", "nifti": "NibabelReader", "png": "PILReader",
-                 "jpeg": "PILReader", "tiff": "PILReader"}
+SUFFIX_FORMATS = {
+    ".dcm": "dicom",
+    ".dicom": "dicom",
+    ".nii": "nifti",
+    ".nii.gz": "nifti",
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+}
+MONAI_READERS = {
+    "dicom": "PydicomReader",
+    "nifti": "NibabelReader",
+    "png": "PILReader",
+    "jpeg": "PILReader",
+    "tiff": "PILReader",
+}
 SAFE_DICOM_FIELDS = ("Modality", "Manufacturer", "ManufacturerModelName")
 # Identifiers that are pseudonymised before use; never stored as they are.
-DICOM_IDENTIFIERS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "InstitutionName",
-                     "StationName")
+DICOM_IDENTIFIERS = (
+    "PatientID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "InstitutionName",
+    "StationName",
+)
 
 
 class UnreadableFileError(ValueError):

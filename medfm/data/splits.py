@@ -12,8 +12,12 @@ class PatientLeakError(ValueError):
     """A patient appears in more than one split."""
 
 
-def assign_splits(patient_labels: Mapping[str, object], fractions: Sequence[float] = (0.6, 0.2, 0.2),
-                  seed: int = 0, names: Sequence[str] = ("train", "val", "test")) -> dict[str, str]:
+def assign_splits(
+    patient_labels: Mapping[str, object],
+    fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    seed: int = 0,
+    names: Sequence[str] = ("train", "val", "test"),
+) -> dict[str, str]:
     """Assign every patient to one split, per label stratum, deterministically from ``seed``.
 
     Within each label, patients are shuffled and cut by ``fractions``; every split gets at least one
@@ -47,4 +51,5 @@ def check_no_patient_leak(rows: Sequence[Mapping[str, str]]) -> None:
         if seen.setdefault(patient, split) != split:
             raise PatientLeakError(
                 f"Patient {patient} is in both {seen[patient]!r} and {split!r} splits; "
-                "re-run the split so that each patient is in one split only")
+                "re-run the split so that each patient is in one split only"
+            )

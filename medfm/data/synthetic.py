@@ -8,12 +8,14 @@ de Jong et al. 2025 ("Current Pathology Foundation Models are unrobust to Medica
 Differences") show that encoders can learn the center instead of the biology.
 
 :func:`write_dataset` writes real files (DICOM with realistic headers, including synthetic PHI so
-that de-identification is exercised, NIfTI and PNG) plus a ``labels.csv`` with no PHI in it. The same
+that de-identification is exercised, NIfTI and PNG) plus a ``labels.csv`` with no PHI in it.
+The same
 seed gives byte-identical files.
 
 Example:
     >>> from medfm.data.synthetic import SyntheticSpec, write_dataset
-    >>> labels_csv = write_dataset("runs/demo/data", SyntheticSpec(cases_per_center=4))  # doctest: +SKIP
+    >>> spec = SyntheticSpec(cases_per_center=4)
+    >>> labels_csv = write_dataset("runs/demo/data", spec)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -32,7 +34,18 @@ from medfm.data.writers import write_dicom, write_nifti, write_png
 
 CLASS_NAMES = ("round_lesion", "spiculated_lesion", "striped_tissue", "granular_tissue")
 FORMATS = ("dicom", "nifti", "png")
-_FIRST_NAMES = ("ANNA", "BORIS", "CARLA", "DMITRI", "ELIF", "FARID", "GRETA", "HUGO", "INES", "JONAS")
+_FIRST_NAMES = (
+    "ANNA",
+    "BORIS",
+    "CARLA",
+    "DMITRI",
+    "ELIF",
+    "FARID",
+    "GRETA",
+    "HUGO",
+    "INES",
+    "JONAS",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,20 +66,64 @@ class CenterProfile:
 
 
 _PROFILES = (
-    CenterProfile("center_a", "Acme Imaging", "ZZ North Valley Hospital", "US",
-                  1.35, 0.65, 0.00, 0.0, 0.35, 0.0, (0.10, -0.05, 0.08)),
-    CenterProfile("center_b", "Borealis Medical", "ZZ Lakeside Clinic", "US",
-                  0.70, 1.50, 0.10, 0.0, 0.0, 0.0, (-0.08, 0.06, -0.02)),
-    CenterProfile("center_c", "Cardinal Systems", "ZZ Hillcrest University Hospital", "US",
-                  1.00, 1.00, 0.03, 1.3, -0.35, 1.6, (0.02, -0.08, 0.12)),
-    CenterProfile("center_d", "Delta Diagnostics", "ZZ Riverside Medical Center", "US",
-                  0.85, 1.25, 0.06, 0.7, 0.25, 3.1, (0.12, 0.04, -0.06)),
+    CenterProfile(
+        "center_a",
+        "Acme Imaging",
+        "ZZ North Valley Hospital",
+        "US",
+        1.35,
+        0.65,
+        0.00,
+        0.0,
+        0.35,
+        0.0,
+        (0.10, -0.05, 0.08),
+    ),
+    CenterProfile(
+        "center_b",
+        "Borealis Medical",
+        "ZZ Lakeside Clinic",
+        "US",
+        0.70,
+        1.50,
+        0.10,
+        0.0,
+        0.0,
+        0.0,
+        (-0.08, 0.06, -0.02),
+    ),
+    CenterProfile(
+        "center_c",
+        "Cardinal Systems",
+        "ZZ Hillcrest University Hospital",
+        "US",
+        1.00,
+        1.00,
+        0.03,
+        1.3,
+        -0.35,
+        1.6,
+        (0.02, -0.08, 0.12),
+    ),
+    CenterProfile(
+        "center_d",
+        "Delta Diagnostics",
+        "ZZ Riverside Medical Center",
+        "US",
+        0.85,
+        1.25,
+        0.06,
+        0.7,
+        0.25,
+        3.1,
+        (0.12, 0.04, -0.06),
+    ),
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticSpec:
-    """What to generate. ``cases_per_center`` patients per center, ``images_per_case`` images each."""
+    """What to generate: ``cases_per_center`` patients, ``images_per_case`` images each."""
 
     n_centers: int = 3
     cases_per_center: int = 50
@@ -110,7 +167,9 @@ def _lesion(size: int, rng: np.random.Generator, spikes: int) -> np.ndarray:
     theta = np.arctan2(yy - cy, xx - cx)
     r = np.hypot(yy - cy, xx - cx)
     if spikes:
-        radius = radius * (0.65 + 0.45 * np.abs(np.cos(spikes / 2 * (theta + rng.uniform(0, np.pi)))))
+        radius = radius * (
+            0.65 + 0.45 * np.abs(np.cos(spikes / 2 * (theta + rng.uniform(0, np.pi))))
+        )
     return 1.0 / (1.0 + np.exp((r - radius) / 0.03))
 
 
@@ -143,9 +202,10 @@ def draw_class(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(base + 0.45 * pattern, 0.0, 1.0)
 
 
-def apply_center(image: np.ndarray, profile: CenterProfile, strength: float,
-                 rng: np.random.Generator) -> np.ndarray:
-    """Apply a center's acquisition signature at ``strength`` in [0, 1] to a float image in [0, 1]."""
+def apply_center(
+    image: np.ndarray, profile: CenterProfile, strength: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Apply a center's acquisition signature at ``strength`` in [0, 1] to an image in [0, 1]."""
     size = image.shape[0]
     blur = strength * profile.blur
     out = gaussian_filter(image, sigma=blur) if blur > 0 else image
@@ -174,10 +234,13 @@ def generate(spec: SyntheticSpec) -> Iterator[SyntheticImage]:
             case = f"case_{c * spec.cases_per_center + k + 1:04d}"
             label = int((k + c) % n_classes)  # balanced classes within every center
             for i in range(spec.images_per_case):
-                grey = apply_center(draw_class(label, spec.size, rng), profile,
-                                    spec.center_strength, rng)
+                grey = apply_center(
+                    draw_class(label, spec.size, rng), profile, spec.center_strength, rng
+                )
                 pixels = apply_stain(grey, profile, spec.center_strength) if spec.color else grey
-                yield SyntheticImage(np.round(pixels * 255).astype(np.uint8), label, profile, case, i)
+                yield SyntheticImage(
+                    np.round(pixels * 255).astype(np.uint8), label, profile, case, i
+                )
 
 
 def _phi_header(profile: CenterProfile, case: str, seed: int) -> dict[str, object]:
@@ -221,8 +284,14 @@ def write_dataset(out_dir: str | os.PathLike, spec: SyntheticSpec = SyntheticSpe
     rows = []
     for item in generate(spec):
         path = _write_one(item, out_dir / "raw", spec.seed)
-        rows.append({"path": path.relative_to(out_dir).as_posix(), "label": item.label,
-                     "label_name": CLASS_NAMES[item.label], "center": item.center.name})
+        rows.append(
+            {
+                "path": path.relative_to(out_dir).as_posix(),
+                "label": item.label,
+                "label_name": CLASS_NAMES[item.label],
+                "center": item.center.name,
+            }
+        )
     labels = out_dir / "labels.csv"
     tmp = labels.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:

@@ -46,11 +46,19 @@ def image_transforms(data_cfg: DictConfig) -> Compose:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         load = LoadImaged(keys="image", image_only=True, ensure_channel_first=True)
-    return Compose([
-        load,
-        MatchChannelsd("image", int(data_cfg.channels)),
-        ScaleIntensityRanged("image", a_min=float(data_cfg.intensity_min),
-                             a_max=float(data_cfg.intensity_max), b_min=0.0, b_max=1.0, clip=True),
-        Resized("image", spatial_size=(size, size), mode="bilinear", anti_aliasing=True),
-        EnsureTyped("image", dtype=torch.float32, track_meta=False),
-    ])
+    return Compose(
+        [
+            load,
+            MatchChannelsd("image", int(data_cfg.channels)),
+            ScaleIntensityRanged(
+                "image",
+                a_min=float(data_cfg.intensity_min),
+                a_max=float(data_cfg.intensity_max),
+                b_min=0.0,
+                b_max=1.0,
+                clip=True,
+            ),
+            Resized("image", spatial_size=(size, size), mode="bilinear", anti_aliasing=True),
+            EnsureTyped("image", dtype=torch.float32, track_meta=False),
+        ]
+    )

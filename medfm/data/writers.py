@@ -35,8 +35,9 @@ def write_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     return final
 
 
-def write_nifti(image: np.ndarray, path: str | os.PathLike,
-                spacing: tuple[float, float] = (1.0, 1.0)) -> Path:
+def write_nifti(
+    image: np.ndarray, path: str | os.PathLike, spacing: tuple[float, float] = (1.0, 1.0)
+) -> Path:
     """Write a grey ``(H, W)`` image as a NIfTI-1 file, x (columns) first, uint8."""
     tmp, final = _atomic_target(Path(path))
     affine = np.diag([spacing[1], spacing[0], 1.0, 1.0])
@@ -60,11 +61,16 @@ def _dicom_dataset(header: Mapping[str, object]) -> Dataset:
     return ds
 
 
-def write_dicom(image: np.ndarray, path: str | os.PathLike, header: Mapping[str, object],
-                spacing: tuple[float, float] = (1.0, 1.0)) -> Path:
+def write_dicom(
+    image: np.ndarray,
+    path: str | os.PathLike,
+    header: Mapping[str, object],
+    spacing: tuple[float, float] = (1.0, 1.0),
+) -> Path:
     """Write a grey ``(H, W)`` uint8 image as a single-frame 16-bit DICOM file.
 
-    ``header`` maps DICOM keywords (``PatientName``, ``Modality``, ``InstitutionName``, ...) to values;
+    ``header`` maps DICOM keywords (``PatientName``, ``Modality``, ``InstitutionName``, ...) to
+    values;
     UIDs not given are generated.
     """
     ds = _dicom_dataset(header)

@@ -52,20 +52,26 @@ def evaluate_heads(table: FeatureTable, eval_cfg: DictConfig) -> dict[str, dict[
         raise ValueError("the manifest needs labelled rows in both the 'train' and 'test' splits")
     results = {}
     for name in eval_cfg.heads:
-        head = _make_head(str(name), eval_cfg).fit(X_tr, y_tr, X_va if len(X_va) else None,
-                                                   y_va if len(y_va) else None)
+        head = _make_head(str(name), eval_cfg).fit(
+            X_tr, y_tr, X_va if len(X_va) else None, y_va if len(y_va) else None
+        )
         proba = head.predict_proba(X_te)
-        results[str(name)] = {"test_auc": auc(y_te, proba, head.classes_),
-                              "test_acc": accuracy(y_te, head.predict(X_te))}
+        results[str(name)] = {
+            "test_auc": auc(y_te, proba, head.classes_),
+            "test_acc": accuracy(y_te, head.predict(X_te)),
+        }
     return results
 
 
 def evaluate_robustness(table: FeatureTable, k: int) -> dict[str, float]:
-    """Both robustness-index variants over all labelled samples, excluding same-patient neighbours."""
+    """Both robustness-index variants over labelled samples; same-patient neighbours excluded."""
     keep = (table.label != "") & (table.center != "")
     args = (table.features[keep], table.label[keep], table.center[keep])
     groups = table.patient[keep] if (table.patient[keep] != "").all() else None
-    return {"robustness_index": robustness_index(*args, k=k, variant="ratio", groups=groups),
-            "robustness_index_normalized": robustness_index(*args, k=k, variant="normalized",
-                                                            groups=groups),
-            "k": k}
+    return {
+        "robustness_index": robustness_index(*args, k=k, variant="ratio", groups=groups),
+        "robustness_index_normalized": robustness_index(
+            *args, k=k, variant="normalized", groups=groups
+        ),
+        "k": k,
+    }

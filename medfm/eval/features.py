@@ -13,13 +13,19 @@ from medfm.models.backbones import encode
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, dataset: Dataset, pooling: str = "mean",
-                     batch_size: int = 128, progress: bool = True) -> np.ndarray:
+def extract_features(
+    model: nn.Module,
+    dataset: Dataset,
+    pooling: str = "mean",
+    batch_size: int = 128,
+    progress: bool = True,
+) -> np.ndarray:
     """Run ``model`` in eval mode over ``dataset`` in order; pooled features ``(n, d)``."""
     model.eval()
     chunks = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="features", unit="batch",
-                      disable=not progress):
+    for start in tqdm(
+        range(0, len(dataset), batch_size), desc="features", unit="batch", disable=not progress
+    ):
         images = stack_images(dataset, range(start, min(start + batch_size, len(dataset))))
         chunks.append(encode(model, images, pooling).float().cpu().numpy())
     return np.concatenate(chunks)

@@ -23,7 +23,9 @@ def _choose(grid, fit_score) -> object:
 class LinearProbe(ClassifierMixin, BaseEstimator):
     """Logistic regression on standardised features; ``C`` chosen on the validation split."""
 
-    def __init__(self, Cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0), max_iter: int = 2000) -> None:
+    def __init__(
+        self, Cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0), max_iter: int = 2000
+    ) -> None:
         self.Cs = Cs
         self.max_iter = max_iter
 
@@ -33,8 +35,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, X_val=None, y_val=None) -> LinearProbe:
         X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
         if X_val is not None and len(np.unique(y_val)) > 1:
-            self.C_ = _choose(list(self.Cs), lambda c: auc(
-                y_val, self._model(c).fit(X, y).predict_proba(X_val), np.unique(y)))
+            self.C_ = _choose(
+                list(self.Cs),
+                lambda c: auc(y_val, self._model(c).fit(X, y).predict_proba(X_val), np.unique(y)),
+            )
         else:
             self.C_ = list(self.Cs)[len(self.Cs) // 2]
         self.model_ = self._model(self.C_).fit(X, y)
@@ -76,7 +80,9 @@ class KNNHead(ClassifierMixin, BaseEstimator):
         self.train_ = _l2(X)
         self.classes_, self.y_index_ = np.unique(np.asarray(y), return_inverse=True)
         if X_val is not None and len(np.unique(y_val)) > 1:
-            self.k_ = _choose(list(self.ks), lambda k: auc(y_val, self._proba(X_val, k), self.classes_))
+            self.k_ = _choose(
+                list(self.ks), lambda k: auc(y_val, self._proba(X_val, k), self.classes_)
+            )
         else:
             self.k_ = list(self.ks)[len(self.ks) // 2]
         return self

@@ -10,8 +10,10 @@ def _check(y_true: np.ndarray, scores: np.ndarray) -> None:
     if len(y_true) != len(scores):
         raise ValueError(f"labels ({len(y_true)}) and predictions ({len(scores)}) differ in length")
     if len(np.unique(y_true)) < 2:
-        raise ValueError("the test split has a single class; AUC is undefined. Use a split with "
-                         "at least two classes")
+        raise ValueError(
+            "the test split has a single class; AUC is undefined. Use a split with "
+            "at least two classes"
+        )
 
 
 def auc(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray | None = None) -> float:
@@ -28,8 +30,15 @@ def auc(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray | None = None
         return float(roc_auc_score(y_true == classes[1], proba[:, 1]))
     present = np.isin(classes, y_true)
     if not present.all():  # classes absent from the test split cannot be scored one-vs-rest
-        return float(np.mean([roc_auc_score(y_true == c, proba[:, i])
-                              for i, c in enumerate(classes) if present[i]]))
+        return float(
+            np.mean(
+                [
+                    roc_auc_score(y_true == c, proba[:, i])
+                    for i, c in enumerate(classes)
+                    if present[i]
+                ]
+            )
+        )
     return float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=classes))
 
 

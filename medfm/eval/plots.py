@@ -19,8 +19,13 @@ def pca_2d(features: np.ndarray) -> np.ndarray:
     return centered @ vt[:2].T
 
 
-def embedding_map(features: np.ndarray, bio: np.ndarray, center: np.ndarray,
-                  path: str | os.PathLike, title: str = "") -> Path:
+def embedding_map(
+    features: np.ndarray,
+    bio: np.ndarray,
+    center: np.ndarray,
+    path: str | os.PathLike,
+    title: str = "",
+) -> Path:
     """Two PCA scatter plots side by side, coloured by biological class and by center."""
     xy = pca_2d(np.asarray(features, dtype=np.float64))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), constrained_layout=True)

@@ -1,4 +1,7 @@
-"""``medfm evaluate`` / ``medfm robustness`` as functions: encoder + manifest -> JSON + plots + MLflow."""
+"""``medfm evaluate`` / ``medfm robustness`` as functions.
+
+encoder + manifest -> features -> JSON, plots and MLflow metrics.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +21,15 @@ from medfm.models.encoder_io import load_encoder
 from medfm.tracking.base import Logger, NullLogger
 
 
-def encoder_features(encoder: str | os.PathLike, manifest: str | os.PathLike, *,
-                     random_init: bool = False, seed: int = 0, progress: bool = True,
-                     batch_size: int = 128) -> tuple[FeatureTable, DictConfig]:
+def encoder_features(
+    encoder: str | os.PathLike,
+    manifest: str | os.PathLike,
+    *,
+    random_init: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    batch_size: int = 128,
+) -> tuple[FeatureTable, DictConfig]:
     """Features of every manifest row under the encoder (or its random-init twin)."""
     torch.manual_seed(seed)
     model, enc_cfg = load_encoder(encoder, random_init=random_init)
@@ -39,8 +48,9 @@ def write_json(data: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def run_evaluate(table: FeatureTable, cfg: DictConfig, out_dir: str | os.PathLike,
-                 logger: Logger | None = None) -> dict:
+def run_evaluate(
+    table: FeatureTable, cfg: DictConfig, out_dir: str | os.PathLike, logger: Logger | None = None
+) -> dict:
     """Heads on the features; writes ``out_dir/metrics.json`` and logs ``eval/<head>_test_auc``."""
     logger = logger or NullLogger()
     metrics = evaluate_heads(table, cfg.eval)
@@ -50,18 +60,23 @@ def run_evaluate(table: FeatureTable, cfg: DictConfig, out_dir: str | os.PathLik
     return metrics
 
 
-def run_robustness(table: FeatureTable, k: int, out_dir: str | os.PathLike,
-                   logger: Logger | None = None) -> dict:
-    """Both RI variants plus the embedding map; writes ``robustness.json`` and ``embedding_map.png``."""
+def run_robustness(
+    table: FeatureTable, k: int, out_dir: str | os.PathLike, logger: Logger | None = None
+) -> dict:
+    """Both RI variants and the embedding map: ``robustness.json``, ``embedding_map.png``."""
     logger = logger or NullLogger()
     result = evaluate_robustness(table, k)
     out_dir = Path(out_dir)
     path = write_json(result, out_dir / "robustness.json")
     keep = table.label != ""
-    plot = embedding_map(table.features[keep], table.label[keep], table.center[keep],
-                         out_dir / "embedding_map.png",
-                         f"RI ratio {result['robustness_index']:.2f}, "
-                         f"normalized {result['robustness_index_normalized']:.2f} (k={k})")
+    plot = embedding_map(
+        table.features[keep],
+        table.label[keep],
+        table.center[keep],
+        out_dir / "embedding_map.png",
+        f"RI ratio {result['robustness_index']:.2f}, "
+        f"normalized {result['robustness_index_normalized']:.2f} (k={k})",
+    )
     logger.log_metrics({f"robustness/{k_}": v for k_, v in result.items() if k_ != "k"})
     for artifact in (path, plot):
         logger.log_artifact(artifact, "robustness")

@@ -20,19 +20,27 @@ from medfm.models.pos_embed import sincos_2d
 
 def backbone_kwargs(model_cfg: Mapping[str, Any], image_size: int, channels: int) -> dict[str, Any]:
     """The ``timm.create_model`` keyword arguments that rebuild this backbone."""
-    kwargs: dict[str, Any] = {"img_size": int(image_size), "in_chans": int(channels),
-                              "patch_size": int(model_cfg["patch_size"]), "num_classes": 0}
+    kwargs: dict[str, Any] = {
+        "img_size": int(image_size),
+        "in_chans": int(channels),
+        "patch_size": int(model_cfg["patch_size"]),
+        "num_classes": 0,
+    }
     if model_cfg.get("depth"):
         kwargs["depth"] = int(model_cfg["depth"])
     return kwargs
 
 
-def build_backbone(model_cfg: Mapping[str, Any], image_size: int, channels: int) -> VisionTransformer:
+def build_backbone(
+    model_cfg: Mapping[str, Any], image_size: int, channels: int
+) -> VisionTransformer:
     """A randomly initialised timm ViT with a frozen 2D sin-cos position embedding."""
     name = str(model_cfg["name"])
     if name not in timm.list_models("vit_*"):
         raise ValueError(f"model.name={name!r} is not a timm ViT; try e.g. vit_tiny_patch16_224")
-    model = timm.create_model(name, pretrained=False, **backbone_kwargs(model_cfg, image_size, channels))
+    model = timm.create_model(
+        name, pretrained=False, **backbone_kwargs(model_cfg, image_size, channels)
+    )
     grid_h, grid_w = model.patch_embed.grid_size
     n_prefix = model.num_prefix_tokens if not model.no_embed_class else 0
     table = sincos_2d(model.embed_dim, grid_h, grid_w, cls_token=False)
@@ -49,5 +57,5 @@ def encode(model: VisionTransformer, images: torch.Tensor, pooling: str = "mean"
     if pooling == "cls":
         return tokens[:, 0]
     if pooling == "mean":
-        return tokens[:, model.num_prefix_tokens:].mean(dim=1)
+        return tokens[:, model.num_prefix_tokens :].mean(dim=1)
     raise ValueError(f"model.pooling={pooling!r}: use 'mean' or 'cls'")

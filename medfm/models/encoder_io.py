@@ -24,8 +24,15 @@ def save_encoder(model: torch.nn.Module, cfg: DictConfig, out_dir: str | os.Path
     """Write ``out_dir/encoder.safetensors`` (atomically) and ``out_dir/config.yaml``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = OmegaConf.merge(cfg, {"encoder": {"timm_name": cfg.model.name, "timm_kwargs": backbone_kwargs(
-        cfg.model, cfg.data.image_size, cfg.data.channels)}})
+    cfg = OmegaConf.merge(
+        cfg,
+        {
+            "encoder": {
+                "timm_name": cfg.model.name,
+                "timm_kwargs": backbone_kwargs(cfg.model, cfg.data.image_size, cfg.data.channels),
+            }
+        },
+    )
     save_config(cfg, out_dir / CONFIG)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = out_dir / f".{WEIGHTS}.tmp"
@@ -40,7 +47,8 @@ def _artifact_dir(path: str | os.PathLike) -> Path:
     if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
         raise FileNotFoundError(
             f"No encoder artifact at {path}: expected {folder / WEIGHTS} and {folder / CONFIG} "
-            "(a `medfm pretrain` out_dir)")
+            "(a `medfm pretrain` out_dir)"
+        )
     return folder
 
 
@@ -48,7 +56,9 @@ def load_encoder_config(path: str | os.PathLike) -> DictConfig:
     return OmegaConf.load(_artifact_dir(path) / CONFIG)
 
 
-def load_encoder(path: str | os.PathLike, random_init: bool = False) -> tuple[torch.nn.Module, DictConfig]:
+def load_encoder(
+    path: str | os.PathLike, random_init: bool = False
+) -> tuple[torch.nn.Module, DictConfig]:
     """Rebuild the backbone from ``config.yaml`` and load the weights (unless ``random_init``)."""
     folder = _artifact_dir(path)
     cfg = OmegaConf.load(folder / CONFIG)

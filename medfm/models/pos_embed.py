@@ -1,4 +1,7 @@
-"""Fixed 2D sine-cosine position embeddings (Vaswani et al. 2017; as used by MAE, He et al. 2022)."""
+"""Fixed 2D sine-cosine position embeddings.
+
+Vaswani et al. 2017, in the 2D form used by MAE (He et al. 2022).
+"""
 
 from __future__ import annotations
 

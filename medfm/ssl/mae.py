@@ -1,4 +1,6 @@
-"""Masked autoencoder objective (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners").
+"""Masked autoencoder objective.
+
+He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners".
 
 The encoder is a timm ViT and sees the visible patches only; a light transformer decoder fills in
 mask tokens and predicts the pixels of every patch; the loss is the mean squared error on masked
@@ -20,8 +22,15 @@ from medfm.ssl.patches import patchify
 class MAE(nn.Module):
     """MAE around a timm ``VisionTransformer``. ``forward({"image": (B, C, H, W)})`` -> dict."""
 
-    def __init__(self, encoder: VisionTransformer, mask_ratio: float = 0.75, decoder_dim: int = 128,
-                 decoder_depth: int = 2, decoder_heads: int = 4, norm_pix_loss: bool = True) -> None:
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        mask_ratio: float = 0.75,
+        decoder_dim: int = 128,
+        decoder_depth: int = 2,
+        decoder_heads: int = 4,
+        norm_pix_loss: bool = True,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.mask_ratio = mask_ratio
@@ -33,13 +42,16 @@ class MAE(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         table = sincos_2d(decoder_dim, *self.grid)
         self.register_buffer("decoder_pos", table.unsqueeze(0), persistent=False)
-        self.decoder_blocks = nn.Sequential(*[Block(decoder_dim, decoder_heads, qkv_bias=True)
-                                              for _ in range(decoder_depth)])
+        self.decoder_blocks = nn.Sequential(
+            *[Block(decoder_dim, decoder_heads, qkv_bias=True) for _ in range(decoder_depth)]
+        )
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch * self.patch * self.channels)
         nn.init.normal_(self.mask_token, std=0.02)
 
-    def forward_encoder(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_encoder(
+        self, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         enc = self.encoder
         x = enc.patch_embed(images)  # (B, N, D)
         prefix = enc.num_prefix_tokens
@@ -62,7 +74,9 @@ class MAE(nn.Module):
         x = self.decoder_norm(self.decoder_blocks(x))
         return self.decoder_pred(x[:, prefix:])  # (B, N, p*p*C)
 
-    def forward_loss(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward_loss(
+        self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         target = patchify(images, self.patch)
         if self.norm_pix_loss:
             mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
@@ -82,6 +96,11 @@ def build_objective(encoder: VisionTransformer, ssl_cfg: DictConfig) -> nn.Modul
     """The objective named by ``ssl.objective`` (this release: ``mae``)."""
     if ssl_cfg.objective != "mae":
         raise ValueError(f"ssl.objective={ssl_cfg.objective!r} is not available; use 'mae'")
-    return MAE(encoder, mask_ratio=float(ssl_cfg.mask_ratio), decoder_dim=int(ssl_cfg.decoder_dim),
-               decoder_depth=int(ssl_cfg.decoder_depth), decoder_heads=int(ssl_cfg.decoder_heads),
-               norm_pix_loss=bool(ssl_cfg.norm_pix_loss))
+    return MAE(
+        encoder,
+        mask_ratio=float(ssl_cfg.mask_ratio),
+        decoder_dim=int(ssl_cfg.decoder_dim),
+        decoder_depth=int(ssl_cfg.decoder_depth),
+        decoder_heads=int(ssl_cfg.decoder_heads),
+        norm_pix_loss=bool(ssl_cfg.norm_pix_loss),
+    )

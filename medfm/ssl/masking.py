@@ -13,9 +13,9 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
     return max(1, int(round(num_patches * (1.0 - mask_ratio))))
 
 
-def random_masking(tokens: torch.Tensor, mask_ratio: float,
-                   generator: torch.Generator | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def random_masking(
+    tokens: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep a random subset of tokens per sample.
 
     Args:

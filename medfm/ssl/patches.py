@@ -11,10 +11,14 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     if h % patch or w % patch:
         raise ValueError(f"image size {h}x{w} is not divisible by patch size {patch}")
     x = images.reshape(b, c, h // patch, patch, w // patch, patch)
-    return torch.einsum("bchpwq->bhwpqc", x).reshape(b, (h // patch) * (w // patch), patch * patch * c)
+    return torch.einsum("bchpwq->bhwpqc", x).reshape(
+        b, (h // patch) * (w // patch), patch * patch * c
+    )
 
 
-def unpatchify(patches: torch.Tensor, patch: int, channels: int, grid: tuple[int, int]) -> torch.Tensor:
+def unpatchify(
+    patches: torch.Tensor, patch: int, channels: int, grid: tuple[int, int]
+) -> torch.Tensor:
     """Inverse of :func:`patchify`."""
     b = patches.shape[0]
     gh, gw = grid

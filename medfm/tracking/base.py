@@ -59,8 +59,9 @@ def local_tracking_uri(out_dir: str | os.PathLike) -> str:
     return f"sqlite:///{(Path(out_dir) / 'mlflow.db').resolve()}"
 
 
-def make_logger(tracking_cfg: Mapping[str, Any], out_dir: str | os.PathLike,
-                run_name: str | None = None) -> Logger:
+def make_logger(
+    tracking_cfg: Mapping[str, Any], out_dir: str | os.PathLike, run_name: str | None = None
+) -> Logger:
     """MLflow logger for ``tracking.enabled`` on rank 0, else :class:`NullLogger`.
 
     The URI is ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else a sqlite store in ``out_dir``.
@@ -74,5 +75,9 @@ def make_logger(tracking_cfg: Mapping[str, Any], out_dir: str | os.PathLike,
     if not uri:
         uri = local_tracking_uri(out_dir)
         artifacts = (Path(out_dir) / "mlartifacts").resolve().as_uri()
-    return MLflowLogger(uri, str(tracking_cfg.get("experiment") or "medfm"),
-                        run_name or tracking_cfg.get("run_name"), artifact_location=artifacts)
+    return MLflowLogger(
+        uri,
+        str(tracking_cfg.get("experiment") or "medfm"),
+        run_name or tracking_cfg.get("run_name"),
+        artifact_location=artifacts,
+    )

@@ -18,8 +18,15 @@ _MAX_PARAM_CHARS = 500
 
 
 class MLflowLogger:
-    def __init__(self, tracking_uri: str, experiment: str, run_name: str | None = None, *,
-                 artifact_location: str | None = None, parent_run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        run_name: str | None = None,
+        *,
+        artifact_location: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> None:
         from mlflow.tracking import MlflowClient
 
         for name in ("alembic", "mlflow.store.db.utils"):  # schema-migration chatter
@@ -28,8 +35,11 @@ class MLflowLogger:
         self.experiment = experiment
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=artifact_location)
+        exp_id = (
+            exp.experiment_id
+            if exp
+            else self.client.create_experiment(experiment, artifact_location=artifact_location)
+        )
         tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
         self.experiment_id = exp_id
         self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
@@ -40,14 +50,17 @@ class MLflowLogger:
 
         items = [Param(k, str(v)[:_MAX_PARAM_CHARS]) for k, v in params.items()]
         for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start:start + 100])
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items()
-                 if v is not None and math.isfinite(float(v))]
+        items = [
+            Metric(k, float(v), now, int(step or 0))
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        ]
         if items:
             self.client.log_batch(self.run_id, metrics=items)
 

@@ -1,4 +1,4 @@
-"""Atomic checkpoints holding everything needed to resume: weights, optimiser, schedule, step, RNGs."""
+"""Atomic checkpoints with all a resume needs: weights, optimiser, schedule, step, RNGs."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "python": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

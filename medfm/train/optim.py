@@ -21,8 +21,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             no_decay.append(param)
         else:
             decay.append(param)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def warmup_cosine(step: int, warmup: int, total: int, base_lr: float, min_lr: float) -> float:
@@ -33,12 +35,19 @@ def warmup_cosine(step: int, warmup: int, total: int, base_lr: float, min_lr: fl
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: nn.Module, train_cfg: DictConfig
-                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def build_optimizer(
+    model: nn.Module, train_cfg: DictConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     base_lr = float(train_cfg.lr)
-    opt = torch.optim.AdamW(param_groups(model, float(train_cfg.weight_decay)), lr=base_lr,
-                            betas=tuple(train_cfg.betas))
-    warmup, total, min_lr = int(train_cfg.warmup_steps), int(train_cfg.max_steps), float(train_cfg.min_lr)
+    opt = torch.optim.AdamW(
+        param_groups(model, float(train_cfg.weight_decay)), lr=base_lr, betas=tuple(train_cfg.betas)
+    )
+    warmup, total, min_lr = (
+        int(train_cfg.warmup_steps),
+        int(train_cfg.max_steps),
+        float(train_cfg.min_lr),
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: warmup_cosine(step, warmup, total, base_lr, min_lr) / base_lr)
+        opt, lambda step: warmup_cosine(step, warmup, total, base_lr, min_lr) / base_lr
+    )
     return opt, schedule

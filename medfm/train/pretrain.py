@@ -28,12 +28,16 @@ log = logging.getLogger(__name__)
 
 def _train_rows(cfg: DictConfig) -> list[dict]:
     if not cfg.data.manifest:
-        raise ConfigError("data.manifest is not set; pass data.manifest=<DIR>/manifest.csv "
-                          "(made by `medfm ingest`)")
+        raise ConfigError(
+            "data.manifest is not set; pass data.manifest=<DIR>/manifest.csv "
+            "(made by `medfm ingest`)"
+        )
     rows = read_manifest(cfg.data.manifest)
     train_rows = rows_for_split(rows, "train") or rows
     if len(train_rows) < int(cfg.train.batch_size):
-        log.warning("Only %d training images for batch size %d", len(train_rows), cfg.train.batch_size)
+        log.warning(
+            "Only %d training images for batch size %d", len(train_rows), cfg.train.batch_size
+        )
     return train_rows
 
 
@@ -55,8 +59,13 @@ def pretrain(cfg: DictConfig, logger: Logger | None = None) -> tuple[Path, Train
 
     result = train(objective, get_batch, len(dataset), cfg, out_dir, logger)
     save_encoder(encoder, cfg, out_dir)
-    logger.log_metrics({"pretrain/final_loss": result.final_loss,
-                        "pretrain/images_per_second": result.images_per_second}, step=result.steps)
+    logger.log_metrics(
+        {
+            "pretrain/final_loss": result.final_loss,
+            "pretrain/images_per_second": result.images_per_second,
+        },
+        step=result.steps,
+    )
     logger.log_artifact(out_dir / "encoder.safetensors", "encoder")
     logger.log_artifact(out_dir / "config.yaml", "encoder")
     return out_dir, result

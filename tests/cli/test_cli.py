@@ -1,0 +1,63 @@
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from medfm.cli.main import build_parser, main
+
+SUBCOMMANDS = ["demo", "synthetic", "ingest", "pretrain", "evaluate", "robustness"]
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_command_and_option_has_help():
+    subs = _subparsers(build_parser())
+    assert sorted(subs) == sorted(SUBCOMMANDS)
+    for name, sub in subs.items():
+        assert sub.description, name
+        for action in sub._actions:
+            assert action.help and action.help.strip(), f"{name} {action.dest} lacks help"
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_help_exits_zero_and_explains(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: medfm {command}")
+
+
+def test_console_script_top_level_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "medfm", "--help"], capture_output=True, text=True, check=True
+    )
+    for command in SUBCOMMANDS:
+        assert command in result.stdout
+
+
+def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
+    assert main(["pretrain", "trian.lr=3", f"out_dir={tmp_path}"]) == 2
+    assert "Did you mean 'train.lr'" in capsys.readouterr().err
+    assert main(["pretrain", f"out_dir={tmp_path}", "tracking.enabled=false"]) == 2
+    assert "data.manifest is not set" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "evaluate",
+                "--encoder",
+                str(tmp_path),
+                "--data",
+                "x.csv",
+                "--out",
+                str(tmp_path / "o"),
+                "--no-tracking",
+            ]
+        )
+        == 2
+    )
+    assert "No encoder artifact" in capsys.readouterr().err

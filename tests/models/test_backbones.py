@@ -1,0 +1,79 @@
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from medfm.config import load_config
+from medfm.models import build_backbone, encode, load_encoder, save_encoder
+from medfm.models.encoder_io import load_encoder_config
+from medfm.models.pos_embed import sincos_2d
+
+
+@pytest.fixture()
+def cfg():
+    return load_config(None, ["model.depth=2", "data.image_size=16"])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_encode_shapes_finite_and_gradients(cfg, channels, pooling):
+    model = build_backbone(cfg.model, 16, channels)
+    x = torch.rand(3, channels, 16, 16)
+    feats = encode(model, x, pooling)
+    assert feats.shape == (3, 192)
+    assert torch.isfinite(feats).all()
+    feats.sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+
+
+def test_pos_embed_is_fixed_sincos(cfg):
+    model = build_backbone(cfg.model, 16, 1)
+    assert not model.pos_embed.requires_grad
+    grid = model.patch_embed.grid_size
+    expected = torch.cat([torch.zeros(1, 192), sincos_2d(192, *grid)]).unsqueeze(0)
+    torch.testing.assert_close(model.pos_embed.data, expected)
+
+
+def test_sincos_values():
+    emb = sincos_2d(8, 2, 3)
+    assert emb.shape == (6, 8)
+    # patch (row 0, col 0): sin(0)=0, cos(0)=1 for both halves
+    torch.testing.assert_close(emb[0], torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]))
+    # patch (row 1, col 2): first half encodes row 1, second half column 2 at frequency 1
+    assert emb[5, 0].item() == pytest.approx(torch.sin(torch.tensor(1.0)).item())
+    assert emb[5, 4].item() == pytest.approx(torch.sin(torch.tensor(2.0)).item())
+
+
+def test_unknown_backbone_and_pooling(cfg):
+    bad = load_config(None, ["model.name=resnet50"]).model
+    with pytest.raises(ValueError, match="not a timm ViT"):
+        build_backbone(bad, 16, 1)
+    with pytest.raises(ValueError, match="pooling"):
+        encode(build_backbone(cfg.model, 16, 1), torch.rand(1, 1, 16, 16), "max")
+
+
+def test_encoder_round_trip_and_plain_timm_load(cfg, tmp_path):
+    torch.manual_seed(0)
+    model = build_backbone(cfg.model, 16, 1).eval()
+    save_encoder(model, cfg, tmp_path)
+    loaded, loaded_cfg = load_encoder(tmp_path / "encoder.safetensors")
+    x = torch.rand(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(encode(loaded, x), encode(model, x), rtol=0, atol=0)
+    # the documented mapping: keys are timm's own, so a plain timm model loads them strictly
+    meta = load_encoder_config(tmp_path).encoder
+    plain = timm.create_model(meta.timm_name, pretrained=False, **meta.timm_kwargs).eval()
+    plain.load_state_dict(load_file(str(tmp_path / "encoder.safetensors")), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.forward_features(x), model.forward_features(x))
+    assert loaded_cfg.model.depth == 2
+
+
+def test_random_init_differs_and_missing_artifact_is_clear(cfg, tmp_path):
+    model = build_backbone(cfg.model, 16, 1)
+    save_encoder(model, cfg, tmp_path)
+    rand, _ = load_encoder(tmp_path, random_init=True)
+    assert not torch.equal(rand.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
+    with pytest.raises(FileNotFoundError, match="encoder.safetensors"):
+        load_encoder(tmp_path / "elsewhere")

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+
+from medfm.config import load_config
+from medfm.models.backbones import build_backbone
+from medfm.ssl.mae import build_objective
+from medfm.train.checkpoint import CHECKPOINT, load_checkpoint
+from medfm.train.engine import NonFiniteLossError, batch_indices, train
+
+IMAGES = torch.rand(24, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+def _setup(tmp_path, steps, **extra):
+    overrides = [
+        "model.depth=1",
+        "data.image_size=16",
+        f"train.max_steps={steps}",
+        "train.batch_size=8",
+        "train.checkpoint_every=3",
+        "train.progress=false",
+        "train.warmup_steps=2",
+        f"out_dir={tmp_path}",
+    ]
+    cfg = load_config(None, overrides + [f"{k}={v}" for k, v in extra.items()])
+    torch.manual_seed(0)
+    return build_objective(build_backbone(cfg.model, 16, 1), cfg.ssl), cfg
+
+
+def _get_batch(idx):
+    return {"image": IMAGES[torch.as_tensor(idx)]}
+
+
+def test_batch_indices_cover_each_epoch_once_and_repeat_for_a_seed():
+    epoch = np.concatenate([batch_indices(s, 24, 8, seed=1) for s in range(3)])
+    assert sorted(epoch) == list(range(24))
+    assert np.array_equal(batch_indices(4, 24, 8, 1), batch_indices(4, 24, 8, 1))
+    assert not np.array_equal(batch_indices(3, 24, 8, 1), batch_indices(0, 24, 8, 1))
+
+
+def test_loss_decreases_and_checkpoint_written(tmp_path):
+    objective, cfg = _setup(tmp_path, 12, **{"train.lr": 3e-3})
+    first = objective(_get_batch(np.arange(24)))["loss"].item()
+    result = train(objective, _get_batch, 24, cfg, tmp_path)
+    assert result.steps == 12
+    assert objective(_get_batch(np.arange(24)))["loss"].item() < first
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    assert state["step"] == 12
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+class KilledError(Exception):
+    pass
+
+
+def test_resume_after_a_kill_gives_bitwise_identical_weights(tmp_path):
+    straight, cfg = _setup(tmp_path / "a", 6)
+    train(straight, _get_batch, 24, cfg, tmp_path / "a")
+
+    def dies_at_step_4(idx):
+        dies_at_step_4.calls += 1
+        if dies_at_step_4.calls == 5:
+            raise KilledError  # after the step-3 checkpoint, in the middle of step 4
+        return _get_batch(idx)
+
+    dies_at_step_4.calls = 0
+    first, cfg_b = _setup(tmp_path / "b", 6)
+    with pytest.raises(KilledError):
+        train(first, dies_at_step_4, 24, cfg_b, tmp_path / "b")
+    torch.manual_seed(123)  # a fresh process would start from another RNG state
+    resumed, cfg_c = _setup(tmp_path / "b", 6)
+    result = train(resumed, _get_batch, 24, cfg_c, tmp_path / "b")
+    assert result.resumed_from == 3
+    for (name, a), (_, b) in zip(
+        straight.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_non_finite_loss_names_step_and_checkpoint(tmp_path):
+    objective, cfg = _setup(tmp_path, 6)
+
+    def poisoned(idx):
+        batch = _get_batch(idx)
+        if poisoned.calls == 4:
+            batch["image"] = batch["image"] * float("nan")
+        poisoned.calls += 1
+        return batch
+
+    poisoned.calls = 0
+    with pytest.raises(NonFiniteLossError, match=r"step 4.*checkpoint\.pt \(step 3\)"):
+        train(objective, poisoned, 24, cfg, tmp_path)
