@@ -26,7 +26,14 @@ from tqdm.auto import tqdm
 
 from medfm.data.manifest import write_csv, write_manifest
 from medfm.data.pseudonym import pseudonymize, resolve_salt
-from medfm.data.readers import FileInfo, UnreadableFileError, file_format, read_file
+from medfm.data.readers import (
+    DICOM_IDENTIFIERS,
+    SAFE_DICOM_FIELDS,
+    FileInfo,
+    UnreadableFileError,
+    file_format,
+    read_file,
+)
 from medfm.data.splits import assign_splits, check_no_patient_leak
 
 log = logging.getLogger(__name__)
@@ -51,7 +58,9 @@ def scan(sources: Sequence[str | os.PathLike]) -> list[tuple[Path, Path]]:
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         base = root.parent if root.is_file() else root
         found += [
-            (f, base) for f in files if not any(part.startswith(".") for part in f.parts[-1:])
+            (f, base)
+            for f in files
+            if not any(part.startswith(".") for part in f.relative_to(base).parts)
         ]
     return found
 
@@ -81,11 +90,12 @@ def _center(
         parts = file.relative_to(root).parts[:-1]
         return parts[int(arg)] if int(arg) < len(parts) else ""
     if kind == "dicom":
+        if arg not in SAFE_DICOM_FIELDS + DICOM_IDENTIFIERS:
+            allowed = ", ".join(SAFE_DICOM_FIELDS + DICOM_IDENTIFIERS)
+            raise ValueError(f"--center dicom:{arg}: use one of {allowed}")
         value = info.header.get(arg, "")
-        # Institution and station names identify a hospital; only their pseudonym is kept.
-        return (
-            pseudonymize(value, salt, "c") if arg in ("InstitutionName", "StationName") else value
-        )
+        # Identifiers (institution, station, patient, UIDs) are only ever kept as pseudonyms.
+        return pseudonymize(value, salt, "c") if arg in DICOM_IDENTIFIERS else value
     raise ValueError(f"--center {spec!r}: use dicom:TAG, folder:LEVEL or column:NAME")
 
 

@@ -30,8 +30,9 @@ def resolve_salt(out_dir: str | os.PathLike, salt: str | None = None) -> bytes:
     if path.is_file():
         return path.read_bytes().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(secrets.token_hex(32))
-    os.chmod(path, 0o600)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)  # never world-readable
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
     log.warning(
         "No pseudonym salt given (set $%s); created a random one at %s. Keep it to "
         "reproduce these pseudonyms.",

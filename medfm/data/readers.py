@@ -76,7 +76,10 @@ def read_dicom_header(path: Path) -> dict[str, str]:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as err:  # pydicom raises many types for broken files
         raise UnreadableFileError(f"not a readable DICOM file ({type(err).__name__})") from None
-    return {k: str(ds.get(k, "") or "") for k in SAFE_DICOM_FIELDS + DICOM_IDENTIFIERS}
+    header = {k: str(ds.get(k, "") or "") for k in SAFE_DICOM_FIELDS + DICOM_IDENTIFIERS}
+    spacing = ds.get("PixelSpacing")
+    header["PixelSpacing"] = "\\".join(str(float(v)) for v in spacing) if spacing else ""
+    return header
 
 
 @functools.cache
@@ -94,11 +97,11 @@ def read_pixels(path: Path, fmt: str) -> tuple[np.ndarray, tuple[float, ...]]:
     except Exception as err:
         raise UnreadableFileError(f"{fmt} reader failed ({type(err).__name__})") from None
     array = np.asarray(image)
-    spacing = meta.get("pixdim", meta.get("spacing", None))
-    if spacing is None:
-        spacing = np.ones(array.ndim)
-    spacing = tuple(float(s) for s in np.asarray(spacing).ravel()[: array.ndim] if s) or (1.0,)
-    return array, spacing
+    if fmt == "nifti":  # pixdim[0] is qfac; the voxel sizes follow it
+        spacing = np.asarray(meta["pixdim"]).ravel()[1 : 1 + array.ndim]
+    else:
+        spacing = np.asarray(meta.get("spacing", np.ones(array.ndim))).ravel()[: array.ndim]
+    return array, tuple(float(s) for s in spacing)
 
 
 def read_file(path: Path, fmt: str) -> FileInfo:
@@ -111,6 +114,7 @@ def read_file(path: Path, fmt: str) -> FileInfo:
         raise UnreadableFileError("image has no pixels")
     if not np.isfinite(array).all():
         raise UnreadableFileError("image contains NaN or infinite values")
-    if fmt == "nifti" and spacing and spacing[0] == -1:
-        spacing = spacing[1:]
+    if header.get("PixelSpacing"):  # (row, column) mm; MONAI ignores it without orientation tags
+        row, col = (float(v) for v in header.pop("PixelSpacing").split("\\")[:2])
+        spacing = (col, row, *spacing[2:])  # x first, like the pixel array
     return FileInfo(tuple(int(s) for s in array.shape), spacing, header)

@@ -23,7 +23,7 @@ def assign_splits(
     Within each label, patients are shuffled and cut by ``fractions``; every split gets at least one
     patient of a label when that label has enough patients.
     """
-    if len(fractions) != len(names) or abs(sum(fractions) - 1.0) > 1e-6:
+    if len(fractions) != len(names) or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
         raise ValueError(f"fractions {list(fractions)} must sum to 1, one per split {list(names)}")
     strata: dict[str, list[str]] = defaultdict(list)
     for patient, label in sorted(patient_labels.items()):

@@ -7,10 +7,11 @@ tensor. Every write goes to a temporary file that is renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import nibabel as nib
@@ -20,31 +21,46 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 
-def _atomic_target(path: Path) -> tuple[Path, Path]:
+@contextlib.contextmanager
+def _atomic_write(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; rename it into place on success, remove it on error."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix="".join(path.suffixes))
+    fd, name = tempfile.mkstemp(dir=path.parent, suffix="".join(path.suffixes))
     os.close(fd)
-    return Path(tmp), path
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _as_uint8(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.size and (image.min() < 0 or image.max() > 255):
+        raise ValueError(f"pixel values must lie in 0..255, got {image.min()}..{image.max()}")
+    return np.ascontiguousarray(image.astype(np.uint8))
 
 
 def write_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB image."""
-    tmp, final = _atomic_target(Path(path))
-    Image.fromarray(np.ascontiguousarray(image.astype(np.uint8))).save(tmp, format="PNG")
-    os.replace(tmp, final)
-    return final
+    with _atomic_write(Path(path)) as tmp:
+        Image.fromarray(_as_uint8(image)).save(tmp, format="PNG")
+    return Path(path)
 
 
 def write_nifti(
     image: np.ndarray, path: str | os.PathLike, spacing: tuple[float, float] = (1.0, 1.0)
 ) -> Path:
-    """Write a grey ``(H, W)`` image as a NIfTI-1 file, x (columns) first, uint8."""
-    tmp, final = _atomic_target(Path(path))
+    """Write a grey ``(H, W)`` image as a NIfTI-1 file, x (columns) first, uint8.
+
+    ``spacing`` is (row, column) in mm, as DICOM's PixelSpacing.
+    """
     affine = np.diag([spacing[1], spacing[0], 1.0, 1.0])
-    nifti = nib.Nifti1Image(np.ascontiguousarray(image.astype(np.uint8).T), affine)
-    nib.save(nifti, tmp)
-    os.replace(tmp, final)
-    return final
+    with _atomic_write(Path(path)) as tmp:
+        nib.save(nib.Nifti1Image(_as_uint8(image).T.copy(), affine), tmp)
+    return Path(path)
 
 
 def _dicom_dataset(header: Mapping[str, object]) -> Dataset:
@@ -82,8 +98,7 @@ def write_dicom(
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.PixelSpacing = [float(spacing[0]), float(spacing[1])]
-    ds.PixelData = np.ascontiguousarray(image.astype(np.uint16)).tobytes()
-    tmp, final = _atomic_target(Path(path))
-    ds.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, final)
-    return final
+    ds.PixelData = _as_uint8(image).astype(np.uint16).tobytes()
+    with _atomic_write(Path(path)) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return Path(path)

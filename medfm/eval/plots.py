@@ -28,6 +28,7 @@ def embedding_map(
 ) -> Path:
     """Two PCA scatter plots side by side, coloured by biological class and by center."""
     xy = pca_2d(np.asarray(features, dtype=np.float64))
+    bio, center = np.asarray(bio), np.asarray(center)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), constrained_layout=True)
     for ax, values, name in zip(axes, (bio, center), ("class", "center"), strict=True):
         for value in sorted(set(values)):

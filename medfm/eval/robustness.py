@@ -7,10 +7,9 @@ patient, are excluded; ties are broken by the lower index, so results do not dep
 * ``"ratio"`` (de Jong et al. 2025, "Current Pathology Foundation Models are unrobust to Medical
   Center Differences"): sum over samples of #neighbours with the same biological class, divided by
   the sum of #neighbours from the same center. Above 1, biology dominates.
-* ``"normalized"`` (PathoROB, Kömen et al. 2025): SO / (SO + OS), pooled over samples, where SO
-  counts
-  neighbours of the Same class from the Other center and OS neighbours of the Other class from the
-  Same center. 0.5 is neutral, 1 fully robust.
+* ``"normalized"`` (PathoROB, Kömen et al. 2025): SO / (SO + OS), pooled over samples,
+  where SO counts neighbours of the Same class from the Other center and OS neighbours of the
+  Other class from the Same center. 0.5 is neutral, 1 fully robust.
 """
 
 from __future__ import annotations
@@ -48,7 +47,13 @@ def nearest_neighbours(
         sims[torch.arange(len(rows)), rows] = -torch.inf
         if group_ids is not None:
             sims[group_ids[rows, None] == group_ids[None, :]] = -torch.inf
-        order = torch.sort(sims, dim=1, descending=True, stable=True).indices[:, :k]
+        top = torch.sort(sims, dim=1, descending=True, stable=True)
+        if torch.isinf(top.values[:, k - 1]).any():
+            raise ValueError(
+                f"k={k} exceeds the number of eligible neighbours (samples outside the same "
+                "group) for some samples; lower k"
+            )
+        order = top.indices[:, :k]
         out[start : start + len(rows)] = order.numpy()
     return out
 

@@ -26,7 +26,11 @@ from medfm.data.writers import write_dicom, write_nifti
 SPEC = SyntheticSpec(n_centers=3, cases_per_center=4, images_per_case=2, size=32)
 N_GOOD = 3 * 4 * 2
 CENTERS = {"center_a", "center_b", "center_c"}
-INSTITUTIONS = ("ZZ North Valley Hospital", "ZZ Lakeside Clinic", "ZZ Hillcrest University Hospital")
+INSTITUTIONS = (
+    "ZZ North Valley Hospital",
+    "ZZ Lakeside Clinic",
+    "ZZ Hillcrest University Hospital",
+)
 # Bad files, relative to the raw folder, and a word their quarantine reason must contain.
 BAD_FILES = {
     "center_a/case_0001/empty.dcm": "empty file",
@@ -35,12 +39,18 @@ BAD_FILES = {
     "center_b/notes.txt": "unsupported",
     "center_c/case_0009/garbage.nii.gz": "nifti reader failed",
 }
-pytestmark = pytest.mark.filterwarnings("ignore:.*nvImageCodec")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*nvImageCodec"),
+    pytest.mark.filterwarnings("ignore:.*ImageOrientationPatient"),
+]
 
 
 def sha256_tree(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict]]:
@@ -53,8 +63,13 @@ def phi_values(raw: Path) -> list[str]:
     values = []
     for path in raw.rglob("img_*.dcm"):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        values += [str(ds.PatientName), str(ds.PatientID), str(ds.PatientBirthDate),
-                   str(ds.AccessionNumber), str(ds.InstitutionName)]
+        values += [
+            str(ds.PatientName),
+            str(ds.PatientID),
+            str(ds.PatientBirthDate),
+            str(ds.AccessionNumber),
+            str(ds.InstitutionName),
+        ]
     return values
 
 
@@ -83,8 +98,9 @@ def source(tmp_path_factory) -> Path:
 def ingested(source, tmp_path_factory):
     before = sha256_tree(source)
     out = tmp_path_factory.mktemp("ingest")
-    result = ingest([source / "raw"], out, labels=source / "labels.csv", salt="salt-one",
-                    progress=False)
+    result = ingest(
+        [source / "raw"], out, labels=source / "labels.csv", salt="salt-one", progress=False
+    )
     return result, out, before
 
 
@@ -112,10 +128,14 @@ def test_every_bad_file_quarantined_with_its_reason(ingested, source):
     assert reasons.keys() == expected.keys()
     for path, word in expected.items():
         assert word in reasons[path], (path, reasons[path])
-    assert reasons[str((source / "raw/center_b/notes.txt").resolve())] == \
-        "unsupported file type '.txt'"
-    assert reasons[str((source / "raw/center_a/case_0001/empty.dcm").resolve())] == \
-        "empty file (0 bytes)"
+    assert (
+        reasons[str((source / "raw/center_b/notes.txt").resolve())]
+        == "unsupported file type '.txt'"
+    )
+    assert (
+        reasons[str((source / "raw/center_a/case_0001/empty.dcm").resolve())]
+        == "empty file (0 bytes)"
+    )
 
 
 def test_every_good_file_accepted_with_manifest_columns(ingested, source):
@@ -124,7 +144,8 @@ def test_every_good_file_accepted_with_manifest_columns(ingested, source):
     assert tuple(columns) == MANIFEST_COLUMNS
     _, labels = read_csv(source / "labels.csv")
     assert sorted(r["path"] for r in rows) == sorted(
-        str((source / r["path"]).resolve()) for r in labels)
+        str((source / r["path"]).resolve()) for r in labels
+    )
     assert len(rows) == len(result.rows) == N_GOOD
     for row in rows:
         assert row["shape"] == "32x32"
@@ -153,17 +174,13 @@ def test_no_phi_in_any_output(ingested, source):
 
 def test_label_and_center_come_from_labels_csv(ingested, source):
     result, _, _ = ingested
-    _, labels = read_labels_rows(source)
+    labels = read_labels(source / "labels.csv", "path")  # keyed by resolved path
+    assert len(labels) == N_GOOD
     for row in result.rows:
         expected = labels[row["path"]]
         assert row["label"] == expected["label"]
         assert row["center"] == expected["center"]
         assert row["center"] == Path(row["path"]).parts[-3]
-
-
-def read_labels_rows(source: Path):
-    table = read_labels(source / "labels.csv", "path")
-    return list(table), table
 
 
 def test_patient_in_one_split_and_images_of_a_case_share_a_patient(ingested):
@@ -189,14 +206,22 @@ def patient_split(rows: list[dict], label: str) -> dict[str, str]:
 def test_same_salt_same_pseudonyms_other_salt_different(ingested, source, tmp_path):
     result, _, _ = ingested
     first = {r["path"]: (r["id"], r["patient"], r["study"], r["series"]) for r in result.rows}
-    same = ingest([source / "raw"], tmp_path / "same", labels=source / "labels.csv",
-                  salt="salt-one", progress=False)
-    assert {r["path"]: (r["id"], r["patient"], r["study"], r["series"])
-            for r in same.rows} == first
-    assert (tmp_path / "same/manifest.csv").read_bytes() == \
-        Path(result.manifest).read_bytes()
-    other = ingest([source / "raw"], tmp_path / "other", labels=source / "labels.csv",
-                   salt="salt-two", progress=False)
+    same = ingest(
+        [source / "raw"],
+        tmp_path / "same",
+        labels=source / "labels.csv",
+        salt="salt-one",
+        progress=False,
+    )
+    assert {r["path"]: (r["id"], r["patient"], r["study"], r["series"]) for r in same.rows} == first
+    assert (tmp_path / "same/manifest.csv").read_bytes() == Path(result.manifest).read_bytes()
+    other = ingest(
+        [source / "raw"],
+        tmp_path / "other",
+        labels=source / "labels.csv",
+        salt="salt-two",
+        progress=False,
+    )
     other_patients = {r["path"]: r["patient"] for r in other.rows}
     assert other_patients.keys() == first.keys()
     assert all(other_patients[p] != first[p][1] for p in first)
@@ -204,8 +229,14 @@ def test_same_salt_same_pseudonyms_other_salt_different(ingested, source, tmp_pa
 
 
 def test_center_from_dicom_institution_is_pseudonymised(source, tmp_path):
-    result = ingest([source / "raw"], tmp_path, labels=source / "labels.csv", salt="s",
-                    center="dicom:InstitutionName", progress=False)
+    result = ingest(
+        [source / "raw"],
+        tmp_path,
+        labels=source / "labels.csv",
+        salt="s",
+        center="dicom:InstitutionName",
+        progress=False,
+    )
     dicom_centers = {r["center"] for r in result.rows if r["format"] == "dicom"}
     assert len(dicom_centers) == 3
     assert all(re.fullmatch(r"c-[0-9a-f]{16}", c) for c in dicom_centers)
@@ -234,8 +265,14 @@ def test_missing_source_and_label_column_raise(source, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         ingest([tmp_path / "nowhere"], tmp_path / "out", salt="s", progress=False)
     with pytest.raises(ValueError, match="no column 'case'"):
-        ingest([source / "raw"], tmp_path / "out", labels=source / "labels.csv",
-               label_key="case", salt="s", progress=False)
+        ingest(
+            [source / "raw"],
+            tmp_path / "out",
+            labels=source / "labels.csv",
+            label_key="case",
+            salt="s",
+            progress=False,
+        )
 
 
 def test_scan_skips_hidden_files(tmp_path):
@@ -255,6 +292,7 @@ def test_salt_file_created_without_salt(source, tmp_path, monkeypatch):
 
 
 # --- Real files shipped with pydicom and nibabel -------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def real_files(tmp_path_factory) -> Path:
@@ -300,8 +338,6 @@ def test_real_nifti_accepted_as_3d(real_ingested):
     assert row["modality"] == ""
 
 
-@pytest.mark.xfail(strict=True, reason="medfm bug: readers.read_pixels takes NIfTI pixdim[:ndim], "
-                   "which starts with qfac, so a 3D volume gets 2 spacings (2x2, not 2x2x2)")
 def test_real_nifti_spacing(real_ingested):
     _, rows = real_ingested
     assert rows["anatomical.nii"]["spacing"] == "2x2x2"
@@ -318,8 +354,7 @@ def test_real_truncated_dicom_quarantined(real_ingested, real_files):
 
 # --- Spacing written by medfm's own writers --------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="medfm bug: NIfTI spacing includes pixdim[0] (qfac) and "
-                   "DICOM PixelSpacing is ignored without ImageOrientationPatient")
+
 @pytest.mark.parametrize("fmt", ["nifti", "dicom"])
 def test_written_spacing_reaches_manifest(fmt, tmp_path):
     image = np.zeros((12, 8), dtype=np.uint8)
@@ -332,8 +367,6 @@ def test_written_spacing_reaches_manifest(fmt, tmp_path):
     assert result.rows[0]["spacing"] == "0.7x0.5"  # x (column) spacing first, like the array
 
 
-@pytest.mark.xfail(strict=True, reason="medfm bug: _center returns raw DICOM values for "
-                   "dicom:PatientID (only InstitutionName/StationName are pseudonymised)")
 def test_center_from_dicom_identifier_never_leaks_phi(source, tmp_path):
     ingest([source / "raw"], tmp_path, salt="s", center="dicom:PatientID", progress=False)
     text = (tmp_path / "manifest.csv").read_text()

@@ -50,31 +50,36 @@ def test_custom_names_and_fractions():
     assert Counter(splits.values()) == {"fit": 5, "holdout": 5}
 
 
-@pytest.mark.parametrize("fractions", [(0.6, 0.2), (0.5, 0.2, 0.2), (0.6, 0.3, 0.2),
-                                       (0.25, 0.25, 0.25, 0.25)])
+@pytest.mark.parametrize(
+    "fractions", [(0.6, 0.2), (0.5, 0.2, 0.2), (0.6, 0.3, 0.2), (0.25, 0.25, 0.25, 0.25)]
+)
 def test_bad_fractions_raise(fractions):
     with pytest.raises(ValueError, match="fractions"):
         assign_splits(patients(5), fractions)
 
 
-@pytest.mark.xfail(strict=True, reason="medfm bug: assign_splits accepts negative fractions "
-                   "that sum to 1 and silently puts every patient in the first split")
 def test_negative_fractions_raise():
     with pytest.raises(ValueError, match="fractions"):
         assign_splits(patients(5), (1.2, -0.1, -0.1))
 
 
 def test_leak_check_passes_clean_rows_and_ignores_blank_fields():
-    rows = [{"patient": "p-1", "split": "train"}, {"patient": "p-1", "split": "train"},
-            {"patient": "p-2", "split": "test"}, {"patient": "", "split": "val"},
-            {"patient": "p-2", "split": ""}]
+    rows = [
+        {"patient": "p-1", "split": "train"},
+        {"patient": "p-1", "split": "train"},
+        {"patient": "p-2", "split": "test"},
+        {"patient": "", "split": "val"},
+        {"patient": "p-2", "split": ""},
+    ]
     assert check_no_patient_leak(rows) is None
 
 
 def test_leak_check_names_the_patient():
-    rows = [{"patient": "p-aaaa", "split": "train"}, {"patient": "p-0123456789abcdef",
-                                                      "split": "train"},
-            {"patient": "p-0123456789abcdef", "split": "test"}]
+    rows = [
+        {"patient": "p-aaaa", "split": "train"},
+        {"patient": "p-0123456789abcdef", "split": "train"},
+        {"patient": "p-0123456789abcdef", "split": "test"},
+    ]
     with pytest.raises(PatientLeakError, match="p-0123456789abcdef") as info:
         check_no_patient_leak(rows)
     assert "'train'" in str(info.value) and "'test'" in str(info.value)

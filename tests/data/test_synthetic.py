@@ -25,8 +25,11 @@ CENTER_IDENTITY = {
 
 
 def file_hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def read_labels(labels_csv: Path) -> tuple[list[str], list[dict]]:
@@ -47,7 +50,8 @@ def test_write_dataset_returns_labels_and_writes_one_file_per_image(dataset):
     images = [p for p in (dataset / "raw").rglob("*") if p.is_file()]
     assert len(rows) == len(images) == 3 * 4 * 1
     assert sorted(r["path"] for r in rows) == sorted(
-        p.relative_to(dataset).as_posix() for p in images)
+        p.relative_to(dataset).as_posix() for p in images
+    )
     suffixes = sorted("".join(p.suffixes) for p in images)
     # Formats cycle per case: each format is used by exactly 4 of the 12 cases.
     assert suffixes.count(".dcm") == suffixes.count(".nii.gz") == suffixes.count(".png") == 4
@@ -83,8 +87,14 @@ def test_generate_is_balanced_and_deterministic():
 
 
 def _center_means(strength: float) -> dict[str, list[float]]:
-    spec = SyntheticSpec(n_centers=4, cases_per_center=12, images_per_case=1, size=32,
-                         center_strength=strength, seed=0)
+    spec = SyntheticSpec(
+        n_centers=4,
+        cases_per_center=12,
+        images_per_case=1,
+        size=32,
+        center_strength=strength,
+        seed=0,
+    )
     means: dict[str, list[float]] = {}
     for item in generate(spec):
         means.setdefault(item.center.name, []).append(float(item.image.mean()))
@@ -135,19 +145,27 @@ def test_labels_csv_columns_values_and_no_phi(dataset):
     phi = []
     for path in (dataset / "raw").rglob("*.dcm"):
         ds = pydicom.dcmread(path)
-        phi += [str(ds.PatientName), str(ds.PatientID), str(ds.PatientBirthDate),
-                str(ds.AccessionNumber), str(ds.InstitutionName)]
+        phi += [
+            str(ds.PatientName),
+            str(ds.PatientID),
+            str(ds.PatientBirthDate),
+            str(ds.AccessionNumber),
+            str(ds.InstitutionName),
+        ]
     assert len(phi) == 20
     assert [value for value in phi if value in text] == []
     assert "ZZSYNTH" not in text and "MRN" not in text
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"center_strength": 1.5},
-    {"center_strength": -0.1},
-    {"n_centers": 0},
-    {"n_centers": 5},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"center_strength": 1.5},
+        {"center_strength": -0.1},
+        {"n_centers": 0},
+        {"n_centers": 5},
+    ],
+)
 def test_invalid_spec_raises(kwargs):
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=name):

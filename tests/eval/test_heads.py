@@ -21,7 +21,7 @@ def unit(*degrees):
 # ---------------------------------------------------------------------------- kNN, by hand
 
 # Training points and their cosine similarity to the query direction (1, 0):
-#   (1, 0) "a": 1     (0, 1) "b": 0     (1, 1) "b": 1/sqrt(2)     (-1, 0) "a": -1     (3, 4) "a": 0.6
+#   (1, 0) "a": 1    (0, 1) "b": 0    (1, 1) "b": 1/sqrt(2)    (-1, 0) "a": -1    (3, 4) "a": 0.6
 X_HAND = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0], [3.0, 4.0]])
 Y_HAND = np.array(["a", "b", "b", "a", "a"])
 
@@ -44,8 +44,9 @@ def test_knn_with_k_above_the_training_size_votes_with_every_training_point():
     head = KNNHead(ks=(10,), temperature=0.5).fit(X_HAND, Y_HAND)
     w_a = math.exp(1 / 0.5) + math.exp(-1 / 0.5) + math.exp(0.6 / 0.5)
     w_b = math.exp(0 / 0.5) + math.exp(math.sqrt(0.5) / 0.5)
-    np.testing.assert_allclose(head.predict_proba([[1.0, 0.0]]),
-                               [[w_a / (w_a + w_b), w_b / (w_a + w_b)]], rtol=1e-5)
+    np.testing.assert_allclose(
+        head.predict_proba([[1.0, 0.0]]), [[w_a / (w_a + w_b), w_b / (w_a + w_b)]], rtol=1e-5
+    )
 
 
 def test_knn_predict_proba_rows_sum_to_one_and_follow_classes():
@@ -58,11 +59,13 @@ def test_knn_predict_proba_rows_sum_to_one_and_follow_classes():
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
     assert head.predict([[0.0, 5.0], [1.0, 0.01]]).tolist() == ["b", "a"]
     # with k=1 the single nearest neighbour takes all the votes
-    np.testing.assert_allclose(KNNHead(ks=(1,)).fit(X_HAND, Y_HAND).predict_proba([[0.0, 5.0]]),
-                               [[0.0, 1.0]])
+    np.testing.assert_allclose(
+        KNNHead(ks=(1,)).fit(X_HAND, Y_HAND).predict_proba([[0.0, 5.0]]), [[0.0, 1.0]]
+    )
 
 
 # ------------------------------------------------------------------ kNN, choosing k on validation
+
 
 def _val_auc(X, y, X_val, y_val, k):
     head = KNNHead(ks=(k,)).fit(X, y)
@@ -104,6 +107,7 @@ def test_knn_ignores_a_single_class_validation_split():
 
 
 # ------------------------------------------------------------------------------ linear probe
+
 
 def _blobs(rng, n, shift):
     y = rng.integers(0, 2, n)
@@ -180,7 +184,10 @@ def test_heads_follow_the_scikit_learn_estimator_api(cls, params, learned):
     assert copy.get_params() == params
     with pytest.raises(NotFittedError):
         check_is_fitted(copy)
-    assert copy.set_params(**{k: v for k, v in params.items()}) is copy
+    first = next(iter(params))
+    assert copy.set_params(**{first: params[first] * 2}) is copy
+    assert copy.get_params()[first] == params[first] * 2
+    assert head.get_params() == params
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))

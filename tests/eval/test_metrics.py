@@ -39,14 +39,16 @@ def test_binary_auc_uses_the_column_of_the_second_class():
 
 # Three classes, two samples each; rows sum to 1.
 Y3 = np.array([0, 0, 1, 1, 2, 2])
-P3 = np.array([
-    [0.6, 0.3, 0.1],
-    [0.3, 0.4, 0.3],
-    [0.2, 0.7, 0.1],
-    [0.5, 0.2, 0.3],
-    [0.1, 0.2, 0.7],
-    [0.4, 0.3, 0.3],
-])
+P3 = np.array(
+    [
+        [0.6, 0.3, 0.1],
+        [0.3, 0.4, 0.3],
+        [0.2, 0.7, 0.1],
+        [0.5, 0.2, 0.3],
+        [0.1, 0.2, 0.7],
+        [0.4, 0.3, 0.3],
+    ]
+)
 # Per-class one-vs-rest AUC by counting (positive, negative) pairs, ties = 1/2:
 #   class 0: pos {.6, .3}, neg {.2, .5, .1, .4}: .6 beats 4, .3 beats .2 and .1      -> 6/8
 #   class 1: pos {.7, .2}, neg {.3, .4, .2, .3}: .7 beats 4, .2 ties once           -> 4.5/8
@@ -69,12 +71,14 @@ def test_multiclass_auc_with_string_classes():
 def test_multiclass_auc_skips_classes_absent_from_the_test_split():
     # Only classes 0 and 1 are present; class 2's column is scored against nothing.
     y = np.array([0, 0, 1, 1])
-    proba = np.array([
-        [0.6, 0.3, 0.1],
-        [0.3, 0.4, 0.3],
-        [0.2, 0.7, 0.1],
-        [0.5, 0.2, 0.3],
-    ])
+    proba = np.array(
+        [
+            [0.6, 0.3, 0.1],
+            [0.3, 0.4, 0.3],
+            [0.2, 0.7, 0.1],
+            [0.5, 0.2, 0.3],
+        ]
+    )
     # class 0: pos {.6, .3} vs neg {.2, .5}: .6 beats both, .3 beats .2       -> 3/4
     # class 1: pos {.7, .2} vs neg {.3, .4}: .7 beats both, .2 beats none     -> 2/4
     assert auc(y, proba) == pytest.approx((0.75 + 0.5) / 2)
