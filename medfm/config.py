@@ -29,7 +29,8 @@ DEFAULTS: dict[str, Any] = {
         "channels": 1,
         "intensity_min": 0.0,  # stored intensities mapped linearly from [min, max] to [0, 1]
         "intensity_max": 255.0,
-        "cache": "memory",  # "none" | "memory" (MONAI CacheDataset)
+        "cache": "memory",  # "none" | "memory" (CacheDataset) | "persistent" (on disk)
+        "cache_dir": None,  # folder for the "persistent" cache (required there)
     },
     "model": {
         "name": "vit_tiny_patch16_224",  # any timm ViT; size is adapted below

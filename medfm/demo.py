@@ -128,7 +128,7 @@ def _summary(heads, robust, base, report, steps, strength, seed, logger, tracked
         "center_strength": strength,
         "seed": seed,
         "pretrain_steps": steps,
-        "images": report["accepted"],
+        "images": report["rows"],
         "quarantined": report["rejected"],
         "mlflow_run_id": logger.run_id if tracked else None,
         "tracking_uri": logger.tracking_uri if tracked else None,

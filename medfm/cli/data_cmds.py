@@ -52,7 +52,8 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ingest",
         help="scan folders of DICOM/NIfTI/PNG into a de-identified manifest",
-        description="Scan SOURCE folders recursively; write OUT/manifest.csv (one row per image, "
+        description="Scan SOURCE folders recursively (DICOM series, NIfTI, PNG/JPEG/TIFF, MedMNIST "
+        ".npz); write OUT/manifest.csv (one row per image or DICOM series, "
         "identifiers replaced by HMAC pseudonyms, patient-level splits), "
         "OUT/quarantine.csv (each rejected file with its reason) and OUT/report.json "
         "(counts). Source files are never modified.",
@@ -79,6 +80,15 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         help="pseudonym salt (default: $MEDFM_PSEUDONYM_SALT, else a random one saved in OUT)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
+    p.add_argument(
+        "--test-center",
+        action="append",
+        default=[],
+        metavar="CENTER",
+        help="put every image of this center in the test split (repeatable); the "
+        "other centers are split by patient into train and val",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=_run_ingest)
 
 
@@ -94,6 +104,8 @@ def _run_ingest(args: argparse.Namespace) -> int:
         center=args.center,
         salt=args.salt,
         seed=args.seed,
+        test_centers=args.test_center,
+        progress=not args.no_progress,
     )
     print(json.dumps(result.counts, indent=2))
     print(f"Manifest: {result.manifest}\nQuarantine: {result.quarantine}")

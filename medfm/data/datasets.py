@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
-from monai.data import CacheDataset, Dataset
+from monai.data import CacheDataset, Dataset, PersistentDataset
 from omegaconf import DictConfig
 
 from medfm.data.transforms import image_transforms
@@ -22,14 +23,46 @@ def rows_for_split(rows: Sequence[dict], split: str | None) -> list[dict]:
     return [r for r in rows if split is None or r.get("split") == split]
 
 
+class SafePersistentDataset(PersistentDataset):
+    """MONAI ``PersistentDataset`` that also rebuilds truncated or unreadable cache files.
+
+    MONAI recomputes an entry only for some corruptions (bad pickle, bad magic number); a file cut
+    short by a crash raises a different error. Cache file names are hashes of the sample dict,
+    which holds only paths and pseudonyms.
+    """
+
+    def _hashfile(self, item) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{self.hash_func(item).decode('utf-8')}{self.transform_hash}.pt"
+
+    def _cachecheck(self, item_transformed):
+        try:
+            return super()._cachecheck(item_transformed)
+        except (RuntimeError, EOFError, OSError, ValueError) as err:
+            hashfile = self._hashfile(item_transformed)
+            if hashfile is None or not hashfile.is_file():
+                raise
+            warnings.warn(
+                f"Corrupt cache file {hashfile} ({type(err).__name__}); rebuilding it", stacklevel=2
+            )
+            hashfile.unlink()
+            return super()._cachecheck(item_transformed)
+
+
 def build_dataset(rows: Sequence[dict], data_cfg: DictConfig, progress: bool = False) -> Dataset:
-    """A MONAI ``Dataset`` (``data.cache=none``) or ``CacheDataset`` (``memory``) of rows."""
+    """MONAI ``Dataset`` (``data.cache=none``), ``CacheDataset`` (``memory``) or a persistent
+    on-disk cache in ``data.cache_dir`` (``persistent``) over manifest rows."""
     items = [{k: r.get(k, "") for k in SAMPLE_KEYS} | {"image": r["path"]} for r in rows]
     transform = image_transforms(data_cfg)
     if data_cfg.cache == "none":
         return Dataset(items, transform)
+    if data_cfg.cache == "persistent":
+        if not data_cfg.get("cache_dir"):
+            raise ValueError("data.cache=persistent needs data.cache_dir=<folder>")
+        return SafePersistentDataset(items, transform, cache_dir=data_cfg.cache_dir)
     if data_cfg.cache != "memory":
-        raise ValueError(f"data.cache={data_cfg.cache!r}: use 'none' or 'memory'")
+        raise ValueError(f"data.cache={data_cfg.cache!r}: use 'none', 'memory' or 'persistent'")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ImageOrientationPatient.*")
         return CacheDataset(items, transform, progress=progress, num_workers=0)

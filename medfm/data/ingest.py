@@ -1,9 +1,10 @@
 """Ingest folders of medical images into ``manifest.csv``, ``quarantine.csv`` and ``report.json``.
 
-Every file found is either accepted (one manifest row) or rejected (one quarantine row with the
-reason), so ``seen == accepted + rejected``. Patient, study and series identifiers are replaced by
-HMAC pseudonyms (:mod:`medfm.data.pseudonym`); no DICOM PHI attribute reaches any output.
-Source files
+Every file found is either accepted (it contributes to a manifest row) or rejected (one quarantine
+row with the reason), so ``seen == accepted + rejected``. DICOM files are grouped into series
+(one row per series); NIfTI and 2D images give one row per file; a MedMNIST ``.npz`` gives one row
+per image with its official split. Patient, study and series identifiers are replaced by HMAC
+pseudonyms (:mod:`medfm.data.pseudonym`); no DICOM PHI attribute reaches any output. Source files
 are only read, never modified.
 
 Example:
@@ -13,30 +14,26 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from medfm.data.manifest import write_csv, write_manifest
-from medfm.data.pseudonym import pseudonymize, resolve_salt
-from medfm.data.readers import (
-    DICOM_IDENTIFIERS,
-    SAFE_DICOM_FIELDS,
-    FileInfo,
-    UnreadableFileError,
-    file_format,
-    read_file,
-)
+from medfm.data.dicom_series import is_dicom_file
+from medfm.data.ingest_rows import dicom_rows, file_row, medmnist_file_rows
+from medfm.data.labels import LabelsTable, read_labels
+from medfm.data.manifest import MANIFEST_COLUMNS, write_csv, write_manifest
+from medfm.data.pseudonym import resolve_salt
+from medfm.data.readers import file_format
 from medfm.data.splits import assign_splits, check_no_patient_leak
 
 log = logging.getLogger(__name__)
+QUARANTINE_COLUMNS = ("path", "reason")
 
 
 @dataclasses.dataclass
@@ -49,7 +46,8 @@ class IngestResult:
 
 
 def scan(sources: Sequence[str | os.PathLike]) -> list[tuple[Path, Path]]:
-    """All files under ``sources`` (recursively), as ``(file, source_root)``, sorted, no hidden."""
+    """All files under ``sources`` (recursively), as ``(file, source_root)``, sorted; hidden
+    files and folders are skipped."""
     found: list[tuple[Path, Path]] = []
     for source in sources:
         root = Path(source)
@@ -65,75 +63,75 @@ def scan(sources: Sequence[str | os.PathLike]) -> list[tuple[Path, Path]]:
     return found
 
 
-def read_labels(path: str | os.PathLike, key: str) -> dict[str, dict[str, str]]:
-    """Labels table keyed by ``key``; a ``path`` key is resolved relative to the table's folder."""
-    path = Path(path)
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if key not in (reader.fieldnames or []):
-            raise ValueError(
-                f"Labels file {path} has no column {key!r}; columns: {reader.fieldnames}"
-            )
-        rows = list(reader)
-    if key == "path":
-        return {str((path.parent / r[key]).resolve()): r for r in rows}
-    return {r[key]: r for r in rows}
-
-
-def _center(
-    spec: str, info: FileInfo, file: Path, root: Path, label_row: dict | None, salt: bytes
-) -> str:
-    kind, _, arg = spec.partition(":")
-    if kind == "column":
-        return (label_row or {}).get(arg, "")
-    if kind == "folder":
-        parts = file.relative_to(root).parts[:-1]
-        return parts[int(arg)] if int(arg) < len(parts) else ""
-    if kind == "dicom":
-        if arg not in SAFE_DICOM_FIELDS + DICOM_IDENTIFIERS:
-            allowed = ", ".join(SAFE_DICOM_FIELDS + DICOM_IDENTIFIERS)
-            raise ValueError(f"--center dicom:{arg}: use one of {allowed}")
-        value = info.header.get(arg, "")
-        # Identifiers (institution, station, patient, UIDs) are only ever kept as pseudonyms.
-        return pseudonymize(value, salt, "c") if arg in DICOM_IDENTIFIERS else value
-    raise ValueError(f"--center {spec!r}: use dicom:TAG, folder:LEVEL or column:NAME")
-
-
-def _row(file: Path, root: Path, fmt: str, info: FileInfo, salt: bytes) -> dict:
-    header = info.header
-    patient_key = header.get("PatientID") or file.parent.name
-    return {
-        "id": pseudonymize(str(file.resolve()), salt, "img"),
-        "path": str(file.resolve()),
-        "format": fmt,
-        "modality": header.get("Modality", ""),
-        "shape": "x".join(map(str, info.shape)),
-        "spacing": "x".join(f"{s:g}" for s in info.spacing),
-        "patient": pseudonymize(patient_key, salt, "pat"),
-        "study": pseudonymize(header.get("StudyInstanceUID", ""), salt, "st"),
-        "series": pseudonymize(header.get("SeriesInstanceUID", ""), salt, "se"),
-    }
-
-
-def _accept_or_reject(
-    file: Path, root: Path, salt: bytes
-) -> tuple[dict | None, str | None, FileInfo | None]:
+def _kind(file: Path) -> str | None:
     fmt = file_format(file)
-    if fmt is None:
-        return None, f"unsupported file type {file.suffix or '(no suffix)'!r}", None
-    try:
-        info = read_file(file, fmt)
-    except UnreadableFileError as err:
-        return None, str(err), None
-    except OSError as err:
-        return None, f"cannot read file ({type(err).__name__})", None
-    return _row(file, root, fmt, info, salt), None, info
+    if fmt is None and not file.suffix and is_dicom_file(file):
+        return "dicom"  # DICOM exports often have no suffix
+    return fmt
 
 
-def _split(rows: list[dict], fractions: Sequence[float], seed: int) -> None:
-    patient_labels = {r["patient"]: r.get("label", "") for r in rows}
-    splits = assign_splits(patient_labels, fractions, seed)
-    for r in rows:
+def _sort_files(files: list[tuple[Path, Path]]) -> tuple[dict, list, list]:
+    """Split into DICOM (by root), other readable files, and unsupported rejections."""
+    dicom, other, rejected = defaultdict(list), [], []
+    for file, root in files:
+        kind = _kind(file)
+        if kind == "dicom":
+            dicom[root].append(file)
+        elif kind is None:
+            reason = (
+                "not a DICOM file (no DICM marker) and no known image suffix"
+                if not file.suffix
+                else f"unsupported file type {file.suffix!r}"
+            )
+            rejected.append({"path": str(file.resolve()), "reason": reason})
+        else:
+            other.append((file, root, kind))
+    return dicom, other, rejected
+
+
+def _other_rows(other, salt, center, progress) -> tuple[list[dict], list[dict], int]:
+    rows, rejected, accepted = [], [], 0
+    for file, root, fmt in tqdm(other, desc="images", unit="file", disable=not progress):
+        made, reason = (
+            medmnist_file_rows(file, salt)
+            if fmt == "medmnist"
+            else file_row(file, root, fmt, salt, center)
+        )
+        if reason:
+            rejected.append({"path": str(file.resolve()), "reason": reason})
+        else:
+            rows += made
+            accepted += 1
+    return rows, rejected, accepted
+
+
+def _join_labels(rows, table: LabelsTable | None, label_column: str, center: str) -> set:
+    matched = set()
+    for row in rows:
+        key = row["path"] if table is None or table.key == "path" else row.get(table.key, "")
+        label_row = table.rows.get(key) if table else None
+        if label_row is not None:
+            matched.add(key)
+            if label_column not in label_row:
+                raise ValueError(f"Labels file has no column {label_column!r}")
+            row["label"] = label_row[label_column]
+        if center.startswith("column:"):
+            row["center"] = (label_row or {}).get(center.partition(":")[2], "")
+    return matched
+
+
+def _split(rows: list[dict], fractions, seed: int, test_centers: Sequence[str]) -> None:
+    """Patient-level stratified split; rows from ``test_centers`` all go to test."""
+    todo = [r for r in rows if not r.get("split")]  # MedMNIST rows keep their official split
+    held_out = [r for r in todo if r.get("center") in set(test_centers)]
+    for r in held_out:
+        r["split"] = "test"
+    rest = [r for r in todo if r.get("center") not in set(test_centers)]
+    if test_centers:  # the held-out centers are the test set; split the rest into train / val
+        train, val = fractions[0], fractions[1]
+        fractions = (train / (train + val), val / (train + val), 0.0)
+    splits = assign_splits({r["patient"]: r.get("label", "") for r in rest}, fractions, seed)
+    for r in rest:
         r["split"] = splits[r["patient"]]
     check_no_patient_leak(rows)
 
@@ -149,51 +147,55 @@ def ingest(
     salt: str | None = None,
     fractions: Sequence[float] = (0.6, 0.2, 0.2),
     seed: int = 0,
+    test_centers: Sequence[str] = (),
     progress: bool = True,
 ) -> IngestResult:
-    """Scan ``sources``, write ``out_dir/{manifest.csv,quarantine.csv,report.json}``."""
+    """Scan ``sources`` and write ``out_dir/{manifest.csv,quarantine.csv,report.json}``.
+
+    ``center`` is ``column:NAME`` (labels file), ``folder:LEVEL`` (0 = first folder under the
+    source) or ``dicom:TAG``. ``test_centers`` puts whole centers in the test split.
+    """
     out_dir = Path(out_dir)
     key = resolve_salt(out_dir, salt)
-    table = read_labels(labels, label_key) if labels else {}
-    rows, rejected, matched = [], [], set()
-    for file, root in tqdm(scan(sources), desc="ingest", unit="file", disable=not progress):
-        row, reason, info = _accept_or_reject(file, root, key)
-        if row is None:
-            log.warning("Quarantined %s: %s", file, reason)
-            rejected.append({"path": str(file.resolve()), "reason": reason})
-            continue
-        lookup = row["path"] if label_key == "path" else row.get(label_key, "")
-        label_row = table.get(lookup)
-        if label_row is not None:
-            matched.add(lookup)
-        row["label"] = (label_row or {}).get(label_column, "")
-        row["center"] = _center(center, info, file, root, label_row, key)
-        rows.append(row)
+    table = read_labels(labels, label_key) if labels else None
+    files = scan(sources)
+    dicom, other, rejected = _sort_files(files)
+    rows, bad, accepted = dicom_rows(dicom, key, center, progress)
+    rejected += bad
+    more, bad, n_other = _other_rows(other, key, center, progress)
+    rows, rejected, accepted = rows + more, rejected + bad, accepted + n_other
+    rows = [{c: row.get(c, "") for c in MANIFEST_COLUMNS} for row in rows]
+    matched = _join_labels(rows, table, label_column, center)
     if rows:
-        _split(rows, fractions, seed)
-    counts = _report(rows, rejected, table, matched)
+        _split(rows, fractions, seed, test_centers)
+    for r in rejected:
+        log.warning("Quarantined %s: %s", r["path"], r["reason"])
+    counts = _report(len(files), accepted, rows, rejected, table, matched)
+    label_rejects = table.rejected if table else []
     return IngestResult(
         write_manifest(rows, out_dir / "manifest.csv"),
-        write_csv(rejected, out_dir / "quarantine.csv", ("path", "reason")),
+        write_csv(rejected + label_rejects, out_dir / "quarantine.csv", QUARANTINE_COLUMNS),
         _write_json(counts, out_dir / "report.json"),
         rows,
         counts,
     )
 
 
-def _report(rows: list[dict], rejected: list[dict], table: dict, matched: set) -> dict:
+def _report(seen, accepted, rows, rejected, table, matched) -> dict:
     return {
-        "seen": len(rows) + len(rejected),
-        "accepted": len(rows),
+        "seen": seen,
+        "accepted": accepted,
         "rejected": len(rejected),
         "rejected_by_reason": dict(Counter(r["reason"] for r in rejected)),
+        "rows": len(rows),
         "formats": dict(Counter(r["format"] for r in rows)),
         "modalities": dict(Counter(r["modality"] or "unknown" for r in rows)),
         "centers": dict(Counter(r["center"] or "unknown" for r in rows)),
         "splits": dict(Counter(r["split"] for r in rows)),
         "patients": len({r["patient"] for r in rows}),
-        "labels_unmatched_rows": len(set(table) - matched),
-        "files_without_label": sum(1 for r in rows if r["label"] == ""),
+        "labels_rejected_rows": len(table.rejected) if table else 0,
+        "labels_unmatched_rows": len(set(table.rows) - matched) if table else 0,
+        "rows_without_label": sum(1 for r in rows if r.get("label", "") == ""),
     }
 
 

@@ -15,6 +15,7 @@ MANIFEST_COLUMNS = (
     "modality",
     "shape",
     "spacing",
+    "orientation",
     "patient",
     "study",
     "series",

@@ -1,7 +1,8 @@
-"""Read one file's pixels (through MONAI ``LoadImage``) and its non-PHI header fields.
+"""Read one NIfTI or 2D image file through MONAI ``LoadImage``; file types and DICOM field lists.
 
-DICOM headers are read with pydicom, stopping before the pixels; only the fields listed in
-:data:`SAFE_DICOM_FIELDS` and the identifiers that are pseudonymised straight away ever leave here.
+DICOM files are read by :mod:`medfm.data.dicom_series`; of their headers only the fields in
+:data:`SAFE_DICOM_FIELDS`, and the identifiers in :data:`DICOM_IDENTIFIERS` (pseudonymised straight
+away), are ever used.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
 SUFFIX_FORMATS = {
+    ".ima": "dicom",
+    ".npz": "medmnist",
     ".dcm": "dicom",
     ".dicom": "dicom",
     ".nii": "nifti",
@@ -37,7 +40,7 @@ MONAI_READERS = {
     "jpeg": "PILReader",
     "tiff": "PILReader",
 }
-SAFE_DICOM_FIELDS = ("Modality", "Manufacturer", "ManufacturerModelName")
+SAFE_DICOM_FIELDS = ("Modality", "Manufacturer", "ManufacturerModelName", "SliceThickness", "KVP")
 # Identifiers that are pseudonymised before use; never stored as they are.
 DICOM_IDENTIFIERS = (
     "PatientID",
@@ -62,24 +65,18 @@ def file_format(path: Path) -> str | None:
 
 @dataclasses.dataclass
 class FileInfo:
-    """What ingestion keeps from a file: geometry and header values (identifiers still raw)."""
+    """What ingestion keeps from a non-DICOM file: its geometry."""
 
     shape: tuple[int, ...]
     spacing: tuple[float, ...]
-    header: dict[str, str]
+    orientation: str
 
 
-def read_dicom_header(path: Path) -> dict[str, str]:
-    import pydicom
+def orientation_code(affine: np.ndarray, ndim: int) -> str:
+    """Axis codes (``"RAS"``, ``"LPS"``, ...) of a RAS-world affine, for the first ``ndim`` axes."""
+    from nibabel.orientations import aff2axcodes
 
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception as err:  # pydicom raises many types for broken files
-        raise UnreadableFileError(f"not a readable DICOM file ({type(err).__name__})") from None
-    header = {k: str(ds.get(k, "") or "") for k in SAFE_DICOM_FIELDS + DICOM_IDENTIFIERS}
-    spacing = ds.get("PixelSpacing")
-    header["PixelSpacing"] = "\\".join(str(float(v)) for v in spacing) if spacing else ""
-    return header
+    return "".join(aff2axcodes(np.asarray(affine, dtype=float)))[:ndim]
 
 
 @functools.cache
@@ -87,34 +84,30 @@ def _loader(fmt: str) -> LoadImage:
     return LoadImage(reader=MONAI_READERS[fmt], image_only=False)
 
 
-def read_pixels(path: Path, fmt: str) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Load with MONAI's reader for ``fmt``; return the array (spatial dims first) and spacing."""
+def read_pixels(path: Path, fmt: str) -> tuple[np.ndarray, dict]:
+    """Load with MONAI's reader for ``fmt``; return the array (spatial dims first) and metadata."""
     try:
-        with warnings.catch_warnings():
-            # 2D DICOM without ImageOrientationPatient: MONAI falls back to identity, as we want.
-            warnings.filterwarnings("ignore", message=".*ImageOrientationPatient.*")
-            image, meta = _loader(fmt)(str(path))
+        image, meta = _loader(fmt)(str(path))
     except Exception as err:
         raise UnreadableFileError(f"{fmt} reader failed ({type(err).__name__})") from None
-    array = np.asarray(image)
-    if fmt == "nifti":  # pixdim[0] is qfac; the voxel sizes follow it
-        spacing = np.asarray(meta["pixdim"]).ravel()[1 : 1 + array.ndim]
-    else:
-        spacing = np.asarray(meta.get("spacing", np.ones(array.ndim))).ravel()[: array.ndim]
-    return array, tuple(float(s) for s in spacing)
+    return np.asarray(image), meta
 
 
 def read_file(path: Path, fmt: str) -> FileInfo:
-    """Validate and describe one file; raise :class:`UnreadableFileError` with the reason."""
+    """Validate and describe one NIfTI or 2D image file; raise :class:`UnreadableFileError`."""
     if path.stat().st_size == 0:
         raise UnreadableFileError("empty file (0 bytes)")
-    header = read_dicom_header(path) if fmt == "dicom" else {}
-    array, spacing = read_pixels(path, fmt)
+    array, meta = read_pixels(path, fmt)
     if array.size == 0:
         raise UnreadableFileError("image has no pixels")
     if not np.isfinite(array).all():
         raise UnreadableFileError("image contains NaN or infinite values")
-    if header.get("PixelSpacing"):  # (row, column) mm; MONAI ignores it without orientation tags
-        row, col = (float(v) for v in header.pop("PixelSpacing").split("\\")[:2])
-        spacing = (col, row, *spacing[2:])  # x first, like the pixel array
-    return FileInfo(tuple(int(s) for s in array.shape), spacing, header)
+    if fmt != "nifti":
+        return FileInfo(tuple(int(s) for s in array.shape), (1.0,) * min(array.ndim, 2), "")
+    spatial = min(array.ndim, 3)
+    spacing = np.asarray(meta["pixdim"]).ravel()[1 : 1 + spatial]  # pixdim[0] is qfac
+    return FileInfo(
+        tuple(int(s) for s in array.shape),
+        tuple(float(v) for v in spacing),
+        orientation_code(meta["original_affine"], spatial),
+    )

@@ -256,7 +256,6 @@ def _phi_header(profile: CenterProfile, case: str, seed: int) -> dict[str, objec
         "Manufacturer": profile.manufacturer,
         "InstitutionName": profile.institution,
         "StudyInstanceUID": generate_uid(entropy_srcs=[str(seed), case, "study"]),
-        "SeriesInstanceUID": generate_uid(entropy_srcs=[str(seed), case, "series"]),
     }
 
 
@@ -268,6 +267,10 @@ def _write_one(item: SyntheticImage, raw: Path, seed: int) -> Path:
     if fmt == "nifti":
         return write_nifti(item.image, stem.with_suffix(".nii.gz"))
     header = _phi_header(item.center, item.case, seed)
+    # each image is its own single-slice series (one view) within the case's study
+    header["SeriesInstanceUID"] = generate_uid(
+        entropy_srcs=[str(seed), item.case, str(item.index), "series"]
+    )
     header["SOPInstanceUID"] = generate_uid(entropy_srcs=[str(seed), item.case, str(item.index)])
     header["InstanceNumber"] = item.index + 1
     return write_dicom(item.image, stem.with_suffix(".dcm"), header)

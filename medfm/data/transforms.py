@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from monai.transforms import (
     Compose,
     EnsureTyped,
-    LoadImaged,
     MapTransform,
     Resized,
     ScaleIntensityRanged,
@@ -16,6 +13,7 @@ from monai.transforms import (
 from omegaconf import DictConfig
 
 from medfm.data import readers  # noqa: F401  (silences MONAI's nvImageCodec notices)
+from medfm.data.loading import LoadManifestImaged
 
 
 class MatchChannelsd(MapTransform):
@@ -41,14 +39,11 @@ class MatchChannelsd(MapTransform):
 
 
 def image_transforms(data_cfg: DictConfig) -> Compose:
-    """Load (MONAI picks the reader by suffix), channel-first, scale to [0, 1], resize, float32."""
+    """Load (see :mod:`medfm.data.loading`), channel-first, scale to [0, 1], resize, float32."""
     size = int(data_cfg.image_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        load = LoadImaged(keys="image", image_only=True, ensure_channel_first=True)
     return Compose(
         [
-            load,
+            LoadManifestImaged("image"),
             MatchChannelsd("image", int(data_cfg.channels)),
             ScaleIntensityRanged(
                 "image",
@@ -58,7 +53,7 @@ def image_transforms(data_cfg: DictConfig) -> Compose:
                 b_max=1.0,
                 clip=True,
             ),
-            Resized("image", spatial_size=(size, size), mode="bilinear", anti_aliasing=True),
+            Resized("image", spatial_size=(size, size), mode="area"),
             EnsureTyped("image", dtype=torch.float32, track_meta=False),
         ]
     )

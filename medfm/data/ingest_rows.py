@@ -1,0 +1,197 @@
+"""Manifest rows from files: DICOM series, NIfTI / 2D image files, MedMNIST ``.npz`` files.
+
+Each builder returns rows whose identifiers are already pseudonyms; raw header values never leave.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from medfm.data.dicom_series import (
+    SliceHeader,
+    check_series,
+    decode_slice,
+    group_series,
+    order_slices,
+    read_slice_header,
+    series_spacing,
+    stack_slices,
+)
+from medfm.data.loading import SERIES_SEPARATOR
+from medfm.data.medmnist import medmnist_rows
+from medfm.data.pseudonym import pseudonymize
+from medfm.data.readers import (
+    DICOM_IDENTIFIERS,
+    SAFE_DICOM_FIELDS,
+    UnreadableFileError,
+    orientation_code,
+    read_file,
+)
+
+
+def center_from(spec: str, fields: dict[str, str], file: Path, root: Path, salt: bytes) -> str:
+    """The center for ``folder:LEVEL`` and ``dicom:TAG`` specs (``column:`` is set at the join)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "column":
+        return ""
+    if kind == "folder":
+        parts = file.relative_to(root).parts[:-1]
+        return parts[int(arg)] if int(arg) < len(parts) else ""
+    if kind == "dicom":
+        if arg not in SAFE_DICOM_FIELDS + DICOM_IDENTIFIERS:
+            allowed = ", ".join(SAFE_DICOM_FIELDS + DICOM_IDENTIFIERS)
+            raise ValueError(f"--center dicom:{arg}: use one of {allowed}")
+        value = fields.get(arg, "")
+        # Identifiers (institution, station, patient, UIDs) are only ever kept as pseudonyms.
+        return pseudonymize(value, salt, "c") if arg in DICOM_IDENTIFIERS else value
+    raise ValueError(f"--center {spec!r}: use dicom:TAG, folder:LEVEL or column:NAME")
+
+
+def file_row(file: Path, root: Path, fmt: str, salt: bytes, center: str) -> tuple[list[dict], str]:
+    """One row for a NIfTI / PNG / JPEG / TIFF file, or a rejection reason."""
+    try:
+        info = read_file(file, fmt)
+    except UnreadableFileError as err:
+        return [], str(err)
+    except OSError as err:
+        return [], f"cannot read file ({type(err).__name__})"
+    path = str(file.resolve())
+    return [
+        {
+            "id": pseudonymize(path, salt, "img"),
+            "path": path,
+            "format": fmt,
+            "modality": "",
+            "shape": "x".join(map(str, info.shape)),
+            "spacing": "x".join(f"{s:g}" for s in info.spacing),
+            "orientation": info.orientation,
+            "patient": pseudonymize(
+                file.parent.name, salt, "pat"
+            ),  # folder = patient for non-DICOM
+            "center": center_from(center, {}, file, root, salt),
+        }
+    ], ""
+
+
+def medmnist_file_rows(file: Path, salt: bytes) -> tuple[list[dict], str]:
+    """One row per image of a MedMNIST file; each image is its own patient (no IDs are given)."""
+    try:
+        rows = medmnist_rows(file)
+    except UnreadableFileError as err:
+        return [], str(err)
+    for row in rows:
+        row["id"] = row["patient"] = pseudonymize(row["path"], salt, "img")
+    return rows, ""
+
+
+def _dicom_orientation(header: SliceHeader, ndim: int) -> str:
+    if not header.orientation:
+        return ""
+    row_dir, col_dir = np.asarray(header.orientation[:3]), np.asarray(header.orientation[3:6])
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2] = row_dir, col_dir, np.cross(row_dir, col_dir)
+    return orientation_code(np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, ndim)  # LPS -> RAS world
+
+
+def _series_path(ordered: list[SliceHeader], folder_counts: Counter) -> str:
+    """The series folder when it holds exactly this series, else the ordered files joined."""
+    folder = ordered[0].path.parent
+    if (
+        len(ordered) > 1
+        and all(h.path.parent == folder for h in ordered)
+        and folder_counts[folder] == len(ordered)
+    ):
+        return str(folder.resolve())
+    return SERIES_SEPARATOR.join(str(h.path.resolve()) for h in ordered)
+
+
+def _series_row(ordered, array, salt, center, root, folder_counts) -> dict:
+    fields = ordered[0].fields
+    spacing = series_spacing(ordered)[: array.ndim]
+    return {
+        "id": pseudonymize(fields.get("SeriesInstanceUID") or str(ordered[0].path), salt, "img"),
+        "path": _series_path(ordered, folder_counts),
+        "format": "dicom",
+        "modality": fields.get("Modality", ""),
+        "shape": "x".join(map(str, array.shape)),
+        "spacing": "x".join(f"{s:g}" for s in spacing),
+        "orientation": _dicom_orientation(ordered[0], array.ndim),
+        "patient": pseudonymize(
+            fields.get("PatientID") or ordered[0].path.parent.name, salt, "pat"
+        ),
+        "study": pseudonymize(fields.get("StudyInstanceUID", ""), salt, "st"),
+        "series": pseudonymize(fields.get("SeriesInstanceUID", ""), salt, "se"),
+        "center": center_from(center, fields, ordered[0].path, root, salt),
+    }
+
+
+def _decode_all(series: list[SliceHeader]) -> tuple[list, list[dict]]:
+    """Decode each slice; a slice that fails is rejected alone with its reason."""
+    good, rejected = [], []
+    for h in series:
+        try:
+            pixels = decode_slice(h)
+            if pixels.size == 0:
+                raise UnreadableFileError("image has no pixels")
+            if not np.isfinite(pixels).all():
+                raise UnreadableFileError("image contains NaN or infinite values")
+            good.append((h, pixels))
+        except UnreadableFileError as err:
+            rejected.append({"path": str(h.path.resolve()), "reason": str(err)})
+    return good, rejected
+
+
+def _accept_series(series: list[SliceHeader]) -> tuple[list[SliceHeader], np.ndarray, list[dict]]:
+    """Decode, drop bad slices, then check that the rest form one consistent volume."""
+    good, rejected = _decode_all(series)
+    if not good:
+        return [], np.empty(0), rejected
+    pixels = {id(h): p for h, p in good}
+    ordered = order_slices([h for h, _ in good])
+    try:
+        check_series(ordered)
+    except UnreadableFileError as err:
+        return (
+            [],
+            np.empty(0),
+            rejected + [{"path": str(h.path.resolve()), "reason": str(err)} for h in ordered],
+        )
+    return ordered, stack_slices([pixels[id(h)] for h in ordered]), rejected
+
+
+def _headers(files: list[Path], progress: bool) -> tuple[list[SliceHeader], list[dict]]:
+    headers, rejected = [], []
+    for file in tqdm(files, desc="DICOM headers", unit="file", disable=not progress):
+        try:
+            headers.append(read_slice_header(file))
+        except (UnreadableFileError, OSError) as err:
+            rejected.append({"path": str(file.resolve()), "reason": str(err)})
+    return headers, rejected
+
+
+def dicom_rows(
+    by_root: dict[Path, list[Path]], salt: bytes, center: str, progress: bool
+) -> tuple[list[dict], list[dict], int]:
+    """Rows for every consistent DICOM series; every file of a bad series is rejected."""
+    rows, rejected, accepted = [], [], 0
+    for root, files in by_root.items():
+        headers, bad = _headers(files, progress)
+        rejected += bad
+        folder_counts = Counter(h.path.parent for h in headers)
+        for series in tqdm(
+            group_series(headers).values(), desc="DICOM series", unit="series", disable=not progress
+        ):
+            ordered, array, bad = _accept_series(series)
+            rejected += bad
+            if not ordered:
+                continue
+            rows.append(_series_row(ordered, array, salt, center, root, folder_counts))
+            accepted += len(ordered)
+    return rows, rejected, accepted
+
+
+__all__ = ["dicom_rows", "file_row", "medmnist_file_rows", "center_from"]

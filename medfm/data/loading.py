@@ -1,0 +1,54 @@
+"""Load whatever a manifest ``path`` points at, as a channel-first array.
+
+* ``file.npz#split/index``: an image inside a MedMNIST file;
+* ``a.dcm|b.dcm|...`` or a folder holding one series: a DICOM series, ordered and decoded as
+  :mod:`medfm.data.dicom_series` does at ingestion;
+* a single DICOM file, NIfTI, PNG, JPEG or TIFF: MONAI ``LoadImage``.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import LoadImage, MapTransform
+
+from medfm.data.dicom_series import load_series, order_slices, read_slice_header
+from medfm.data.medmnist import load_medmnist_image
+
+SERIES_SEPARATOR = "|"
+
+
+@functools.cache
+def _monai_loader() -> LoadImage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return LoadImage(image_only=True, ensure_channel_first=True)
+
+
+def load_path(path: str) -> torch.Tensor:
+    """Channel-first float tensor for one manifest ``path``."""
+    if "#" in path and path.split("#", 1)[0].endswith(".npz"):
+        return torch.as_tensor(load_medmnist_image(path).astype(np.float32))
+    if SERIES_SEPARATOR in path:
+        files = [Path(p) for p in path.split(SERIES_SEPARATOR)]
+        return torch.as_tensor(load_series(files)[None])
+    if Path(path).is_dir():  # a folder holding one DICOM series, ordered as ingestion did
+        headers = [read_slice_header(p) for p in sorted(Path(path).iterdir()) if p.is_file()]
+        return torch.as_tensor(load_series([h.path for h in order_slices(headers)])[None])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ImageOrientationPatient.*")
+        return torch.as_tensor(_monai_loader()(path)).float()
+
+
+class LoadManifestImaged(MapTransform):
+    """Dict form of :func:`load_path`: replaces each key's path with its channel-first image."""
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = load_path(str(d[key]))
+        return d
