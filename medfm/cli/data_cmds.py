@@ -51,10 +51,11 @@ def _run_synthetic(args: argparse.Namespace) -> int:
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ingest",
-        help="scan folders of DICOM/NIfTI/PNG into a de-identified manifest",
-        description="Scan SOURCE folders recursively (DICOM series, NIfTI, PNG/JPEG/TIFF, MedMNIST "
-        ".npz); write OUT/manifest.csv (one row per image or DICOM series, "
-        "identifiers replaced by HMAC pseudonyms, patient-level splits), "
+        help="scan DICOM/NIfTI/PNG/MedMNIST/slides into a de-identified manifest",
+        description="Scan SOURCE folders recursively (DICOM series, NIfTI, PNG/JPEG/TIFF, "
+        "MedMNIST .npz, whole-slide images tiled into OUT/tiles); write OUT/manifest.csv "
+        "(one row per image, DICOM series or slide tile; identifiers replaced by HMAC "
+        "pseudonyms; patient-level splits), "
         "OUT/quarantine.csv (each rejected file with its reason) and OUT/report.json "
         "(counts). Source files are never modified.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -65,15 +66,16 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--label-key",
         default="path",
-        help="labels column to join on; 'path' is resolved relative to the CSV's folder",
+        help="labels column to join on: path (resolved relative to the CSV's folder), "
+        "patient, series, study or id (pseudonyms from an earlier ingest)",
     )
     p.add_argument("--label-column", default="label", help="labels column holding the class")
     p.add_argument(
         "--center",
         default="column:center",
         help="where the center comes from: column:NAME (labels file), folder:LEVEL "
-        "(0 = first folder under SOURCE) or dicom:TAG (InstitutionName is "
-        "pseudonymised)",
+        "(0 = first folder under SOURCE) or dicom:TAG (identifiers such as InstitutionName "
+        "are pseudonymised)",
     )
     p.add_argument(
         "--salt",
@@ -88,12 +90,26 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         help="put every image of this center in the test split (repeatable); the "
         "other centers are split by patient into train and val",
     )
+    p.add_argument("--tile-size", type=int, default=224, help="whole-slide tile side in pixels")
+    p.add_argument(
+        "--magnification",
+        type=float,
+        help="whole-slide tiling magnification, e.g. 20 (default: the scan's own)",
+    )
+    p.add_argument(
+        "--tissue-threshold",
+        type=float,
+        default=0.5,
+        help="minimum tissue fraction of a kept whole-slide tile",
+    )
+    p.add_argument("--max-tiles", type=int, help="at most this many tiles per slide, evenly spaced")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=_run_ingest)
 
 
 def _run_ingest(args: argparse.Namespace) -> int:
     from medfm.data.ingest import ingest
+    from medfm.data.ingest_rows import TileOptions
 
     result = ingest(
         args.sources,
@@ -105,6 +121,9 @@ def _run_ingest(args: argparse.Namespace) -> int:
         salt=args.salt,
         seed=args.seed,
         test_centers=args.test_center,
+        tiles=TileOptions(
+            args.tile_size, args.magnification, args.tissue_threshold, args.max_tiles
+        ),
         progress=not args.no_progress,
     )
     print(json.dumps(result.counts, indent=2))

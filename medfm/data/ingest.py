@@ -25,12 +25,19 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from medfm.data.dicom_series import is_dicom_file
-from medfm.data.ingest_rows import dicom_rows, file_row, medmnist_file_rows
+from medfm.data.ingest_rows import (
+    TileOptions,
+    dicom_rows,
+    file_row,
+    medmnist_file_rows,
+    wsi_rows,
+)
 from medfm.data.labels import LabelsTable, read_labels
 from medfm.data.manifest import MANIFEST_COLUMNS, write_csv, write_manifest
 from medfm.data.pseudonym import resolve_salt
 from medfm.data.readers import file_format
 from medfm.data.splits import assign_splits, check_no_patient_leak
+from medfm.data.wsi import WSI_SUFFIXES
 
 log = logging.getLogger(__name__)
 QUARANTINE_COLUMNS = ("path", "reason")
@@ -67,7 +74,20 @@ def _kind(file: Path) -> str | None:
     fmt = file_format(file)
     if fmt is None and not file.suffix and is_dicom_file(file):
         return "dicom"  # DICOM exports often have no suffix
+    if file.suffix.lower() in WSI_SUFFIXES:
+        return "wsi"
+    if fmt == "tiff" and _tiff_is_slide(file):
+        return "wsi"
     return fmt
+
+
+def _tiff_is_slide(file: Path) -> bool:
+    from medfm.data.wsi import is_wsi
+
+    try:
+        return is_wsi(file)
+    except ImportError:
+        return False  # without the [wsi] extra a TIFF is read as a plain image
 
 
 def _sort_files(files: list[tuple[Path, Path]]) -> tuple[dict, list, list]:
@@ -89,14 +109,17 @@ def _sort_files(files: list[tuple[Path, Path]]) -> tuple[dict, list, list]:
     return dicom, other, rejected
 
 
-def _other_rows(other, salt, center, progress) -> tuple[list[dict], list[dict], int]:
+def _other_rows(
+    other, salt, center, tiles: tuple[Path, TileOptions], progress
+) -> tuple[list[dict], list[dict], int]:
     rows, rejected, accepted = [], [], 0
     for file, root, fmt in tqdm(other, desc="images", unit="file", disable=not progress):
-        made, reason = (
-            medmnist_file_rows(file, salt)
-            if fmt == "medmnist"
-            else file_row(file, root, fmt, salt, center)
-        )
+        if fmt == "medmnist":
+            made, reason = medmnist_file_rows(file, salt)
+        elif fmt == "wsi":
+            made, reason = wsi_rows(file, root, salt, center, *tiles)
+        else:
+            made, reason = file_row(file, root, fmt, salt, center)
         if reason:
             rejected.append({"path": str(file.resolve()), "reason": reason})
         else:
@@ -148,21 +171,23 @@ def ingest(
     fractions: Sequence[float] = (0.6, 0.2, 0.2),
     seed: int = 0,
     test_centers: Sequence[str] = (),
+    tiles: TileOptions | None = None,
     progress: bool = True,
 ) -> IngestResult:
     """Scan ``sources`` and write ``out_dir/{manifest.csv,quarantine.csv,report.json}``.
 
     ``center`` is ``column:NAME`` (labels file), ``folder:LEVEL`` (0 = first folder under the
-    source) or ``dicom:TAG``. ``test_centers`` puts whole centers in the test split.
+    source) or ``dicom:TAG``. ``test_centers`` puts whole centers in the test split. Whole-slide
+    images are tiled into ``out_dir/tiles/<slide pseudonym>/`` as set by ``tiles``.
     """
-    out_dir = Path(out_dir)
+    out_dir, tiles = Path(out_dir), tiles or TileOptions()
     key = resolve_salt(out_dir, salt)
     table = read_labels(labels, label_key) if labels else None
     files = scan(sources)
     dicom, other, rejected = _sort_files(files)
     rows, bad, accepted = dicom_rows(dicom, key, center, progress)
     rejected += bad
-    more, bad, n_other = _other_rows(other, key, center, progress)
+    more, bad, n_other = _other_rows(other, key, center, (out_dir / "tiles", tiles), progress)
     rows, rejected, accepted = rows + more, rejected + bad, accepted + n_other
     rows = [{c: row.get(c, "") for c in MANIFEST_COLUMNS} for row in rows]
     matched = _join_labels(rows, table, label_column, center)

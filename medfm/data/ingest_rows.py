@@ -5,6 +5,7 @@ Each builder returns rows whose identifiers are already pseudonyms; raw header v
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -195,3 +196,53 @@ def dicom_rows(
 
 
 __all__ = ["dicom_rows", "file_row", "medmnist_file_rows", "center_from"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TileOptions:
+    """How whole-slide images are tiled (see :func:`medfm.data.wsi.tile_slide`)."""
+
+    tile_size: int = 224
+    magnification: float | None = None
+    tissue_threshold: float = 0.5
+    max_tiles: int | None = None
+
+
+def wsi_rows(
+    file: Path, root: Path, salt: bytes, center: str, tiles_dir: Path, options: TileOptions
+) -> tuple[list[dict], str]:
+    """One row per kept tissue tile of a slide; tiles are PNGs named by the slide's pseudonym."""
+    try:
+        from medfm.data.wsi import tile_slide
+
+        slide = pseudonymize(str(file.resolve()), salt, "slide")
+        tiles = tile_slide(
+            file,
+            tiles_dir / slide,
+            stem=slide,
+            tile_size=options.tile_size,
+            magnification=options.magnification,
+            tissue_threshold=options.tissue_threshold,
+            max_tiles=options.max_tiles,
+        )
+    except ImportError as err:
+        return [], str(err)
+    except (UnreadableFileError, ValueError) as err:
+        return [], str(err).replace(str(file), file.name)
+    if not tiles:
+        return [], "whole-slide image has no tile with enough tissue"
+    patient = pseudonymize(file.parent.name, salt, "pat")
+    where = center_from(center, {}, file, root, salt)
+    return [
+        {
+            "id": pseudonymize(tile["path"], salt, "img"),
+            "path": str(Path(tile["path"]).resolve()),
+            "format": "wsi_tile",
+            "modality": "SM",  # DICOM's code for slide microscopy
+            "shape": f"{options.tile_size}x{options.tile_size}x3",
+            "patient": patient,
+            "series": slide,
+            "center": where,
+        }
+        for tile in tiles
+    ], ""
