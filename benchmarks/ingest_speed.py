@@ -1,4 +1,4 @@
-"""Speed of DICOM ingestion and of the on-disk dataset cache, each next to a reference run alongside.
+"""Speed of DICOM ingestion and of the on-disk dataset cache, each beside a reference run with it.
 
 The machine is noisy, so every speed is printed beside a reference measured in the same run, on
 the same files, and the ratio between them is the number to compare across machines. Steps:
@@ -7,7 +7,8 @@ the same files, and the ratio between them is the number to compare across machi
    with geometry, rescale and patient tags) into one temporary folder; file names are shuffled,
    so name order is not slice order.
 2. Header scan: ``read_slice_header`` on every file against plain
-   ``pydicom.dcmread(path, stop_before_pixels=True)`` (headers/s).
+   ``pydicom.dcmread(path, stop_before_pixels=True)`` (headers/s). pydicom converts a value only
+   when it is read, and the reference reads none, so a ratio below 1 is expected here.
 3. Decoding: ``decode_slice`` on every slice against ``pydicom.dcmread(path).pixel_array``
    (slices/s, single-threaded, so per core); then the whole ``ingest`` from start to finish,
    against the same pydicom reference.
@@ -144,10 +145,20 @@ def bench_dicom(work: Path, n: int, per_series: int, repeats: int) -> list[str]:
     if result.counts["accepted"] != n or result.counts["rows"] != -(-n // per_series):
         raise RuntimeError(f"ingest did not accept every slice: {result.counts}")
     return [
-        _row("header scan", n / t["ours_headers"], n / t["ref_headers"], "headers/s",
-             TARGETS["headers"]),
-        _row("decode (1 core)", n / t["ours_decode"], n / t["ref_decode"], "slices/s",
-             TARGETS["decode"]),
+        _row(
+            "header scan",
+            n / t["ours_headers"],
+            n / t["ref_headers"],
+            "headers/s",
+            TARGETS["headers"],
+        ),
+        _row(
+            "decode (1 core)",
+            n / t["ours_decode"],
+            n / t["ref_decode"],
+            "slices/s",
+            TARGETS["decode"],
+        ),
         _row("ingest end to end (1 core)", n / t["ingest"], n / t["ref_decode"], "slices/s"),
     ]
 
@@ -165,8 +176,14 @@ def bench_cache(work: Path, n: int, repeats: int) -> list[str]:
         raise RuntimeError(f"expected {n} manifest rows, got {len(rows)}")
 
     def config(cache: str):
-        overrides = ["data.image_size=64", f"data.cache_dir={work / 'cache'}", "data.channels=1",
-                     "data.intensity_min=-1024", "data.intensity_max=2048", f"data.cache={cache}"]
+        overrides = [
+            "data.image_size=64",
+            f"data.cache_dir={work / 'cache'}",
+            "data.channels=1",
+            "data.intensity_min=-1024",
+            "data.intensity_max=2048",
+            f"data.cache={cache}",
+        ]
         return load_config(None, overrides).data
 
     uncached = build_dataset(rows, config("none"))
@@ -184,8 +201,7 @@ def bench_cache(work: Path, n: int, repeats: int) -> list[str]:
     return [
         _row("epoch, data.cache=none", n / t["none"], None, "images/s"),
         _row("epoch 1, persistent (writes cache)", n / first, n / t["none"], "images/s"),
-        _row("epoch 2, persistent (from cache)", n / t["cached"], n / t["none"], "images/s",
-             None),
+        _row("epoch 2, persistent (from cache)", n / t["cached"], n / t["none"], "images/s"),
         f"{'cache speed-up (epoch 2 / none)':<34}{t['none'] / t['cached']:>28.1f}x"
         f"  target >= {TARGETS['cache_speedup']:g}x: "
         f"{'met' if t['none'] / t['cached'] >= TARGETS['cache_speedup'] else 'NOT MET'}",
@@ -199,7 +215,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=400, help="512x512 CT slices to write")
     parser.add_argument("--per-series", type=int, default=100, help="slices per series")
     parser.add_argument("--images", type=int, default=400, help="2D images for the cache test")
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--repeats", type=int, default=5, help="best of this many runs")
     parser.add_argument("--tmp-dir", default=None, help="where to write (default: system temp)")
     args = parser.parse_args()
     torch.set_num_threads(1)
