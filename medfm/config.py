@@ -59,6 +59,11 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 100,
         "log_every": 10,
         "progress": True,
+        "grad_accumulation": 1,  # micro-batches per optimiser step (per process)
+        "compile": False,  # torch.compile the objective
+        "grad_checkpointing": False,  # recompute transformer blocks in backward
+        "monitor_every": 0,  # steps between online monitors (0 = off)
+        "monitor_metric": "knn_acc",  # keep out_dir/best.pt by this monitor (higher is better)
     },
     "eval": {
         "heads": ["linear", "knn"],

@@ -20,7 +20,6 @@ from medfm.data.dicom_series import (
     order_slices,
     read_slice_header,
     series_spacing,
-    stack_slices,
 )
 from medfm.data.loading import SERIES_SEPARATOR
 from medfm.data.medmnist import medmnist_rows
@@ -110,17 +109,17 @@ def _series_path(ordered: list[SliceHeader], folder_counts: Counter) -> str:
     return SERIES_SEPARATOR.join(str(h.path.resolve()) for h in ordered)
 
 
-def _series_row(ordered, array, salt, center, root, folder_counts) -> dict:
+def _series_row(ordered, shape, salt, center, root, folder_counts) -> dict:
     fields = ordered[0].fields
-    spacing = series_spacing(ordered)[: array.ndim]
+    spacing = series_spacing(ordered)[: len(shape)]
     return {
         "id": pseudonymize(fields.get("SeriesInstanceUID") or str(ordered[0].path), salt, "img"),
         "path": _series_path(ordered, folder_counts),
         "format": "dicom",
         "modality": fields.get("Modality", ""),
-        "shape": "x".join(map(str, array.shape)),
+        "shape": "x".join(map(str, shape)),
         "spacing": "x".join(f"{s:g}" for s in spacing),
-        "orientation": _dicom_orientation(ordered[0], array.ndim),
+        "orientation": _dicom_orientation(ordered[0], len(shape)),
         "patient": pseudonymize(
             fields.get("PatientID") or ordered[0].path.parent.name, salt, "pat"
         ),
@@ -140,28 +139,31 @@ def _decode_all(series: list[SliceHeader]) -> tuple[list, list[dict]]:
                 raise UnreadableFileError("image has no pixels")
             if not np.isfinite(pixels).all():
                 raise UnreadableFileError("image contains NaN or infinite values")
-            good.append((h, pixels))
+            good.append((h, pixels.shape))  # keep only the shape: a volume is never held
         except UnreadableFileError as err:
             rejected.append({"path": str(h.path.resolve()), "reason": str(err)})
     return good, rejected
 
 
-def _accept_series(series: list[SliceHeader]) -> tuple[list[SliceHeader], np.ndarray, list[dict]]:
-    """Decode, drop bad slices, then check that the rest form one consistent volume."""
+def _accept_series(
+    series: list[SliceHeader],
+) -> tuple[list[SliceHeader], tuple[int, ...], list[dict]]:
+    """Decode each slice once (to validate it), drop bad slices, check the rest form a volume.
+
+    Returns the ordered slices, the volume shape ``(X, Y[, Z])`` and the rejections.
+    """
     good, rejected = _decode_all(series)
     if not good:
-        return [], np.empty(0), rejected
-    pixels = {id(h): p for h, p in good}
+        return [], (), rejected
     ordered = order_slices([h for h, _ in good])
     try:
         check_series(ordered)
     except UnreadableFileError as err:
-        return (
-            [],
-            np.empty(0),
-            rejected + [{"path": str(h.path.resolve()), "reason": str(err)} for h in ordered],
-        )
-    return ordered, stack_slices([pixels[id(h)] for h in ordered]), rejected
+        bad = [{"path": str(h.path.resolve()), "reason": str(err)} for h in ordered]
+        return [], (), rejected + bad
+    first = good[0][1]
+    shape = tuple(first) if len(ordered) == 1 else (*first, len(ordered))
+    return ordered, shape, rejected
 
 
 def _headers(files: list[Path], progress: bool) -> tuple[list[SliceHeader], list[dict]]:
@@ -186,11 +188,11 @@ def dicom_rows(
         for series in tqdm(
             group_series(headers).values(), desc="DICOM series", unit="series", disable=not progress
         ):
-            ordered, array, bad = _accept_series(series)
+            ordered, shape, bad = _accept_series(series)
             rejected += bad
             if not ordered:
                 continue
-            rows.append(_series_row(ordered, array, salt, center, root, folder_counts))
+            rows.append(_series_row(ordered, shape, salt, center, root, folder_counts))
             accepted += len(ordered)
     return rows, rejected, accepted
 

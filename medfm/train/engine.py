@@ -1,11 +1,15 @@
 """The step loop. It knows nothing of MAE or DINO: it calls ``objective(batch)["loss"]``.
 
-Data order is a pure function of ``(seed, step)`` (:func:`batch_indices`), so a resumed run sees the
-same batches as an uninterrupted one.
+Data order is a pure function of ``(seed, step)`` (:func:`batch_indices`), and each sample also
+gets a seed of its own (``batch["sample_seed"]``) from ``(seed, step, position)``; so a resumed
+run sees the same batches as an uninterrupted one, and N processes see the same global batch as one.
+An objective may define ``on_step_end()`` (e.g. DINO's EMA teacher update); it is called after
+every optimiser step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -20,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medfm.tracking.base import Logger, NullLogger
+from medfm.train import distributed as D
 from medfm.train.checkpoint import (
     CHECKPOINT,
     load_checkpoint,
@@ -27,6 +32,7 @@ from medfm.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from medfm.train.flops import FlopMeter
 from medfm.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,21 @@ class TrainResult:
     final_loss: float
     images_per_second: float
     resumed_from: int
+    best: dict | None = None
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the loop carries between steps."""
+
+    objective: nn.Module
+    model: nn.Module  # the objective, wrapped in DDP when distributed
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    info: D.DistInfo
+    out_dir: Path
+    last_good: int | None = None
+    best: dict | None = None
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
@@ -52,42 +73,149 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
     return order[pos * batch_size : (pos + 1) * batch_size]
 
 
-def _resume(out_dir: Path, objective: nn.Module, opt: torch.optim.Optimizer, sched) -> int:
-    state = load_checkpoint(out_dir / CHECKPOINT)
+def sample_seeds(step: int, batch_size: int, seed: int) -> np.ndarray:
+    """One seed per position of the ``step``-th global batch (for per-sample randomness)."""
+    return np.random.default_rng([seed, step, 7]).integers(0, 2**62, size=batch_size)
+
+
+def _resume(run: _Run) -> int:
+    state = load_checkpoint(run.out_dir / CHECKPOINT)
     if state is None:
         return 0
-    objective.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    log.info("Resuming from %s at step %d", out_dir / CHECKPOINT, state["step"])
+    run.objective.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+    if len(rngs) == run.info.world_size:
+        set_rng_state(rngs[run.info.rank])
+    else:
+        log.warning(
+            "Checkpoint has RNG states of %d processes, this run has %d; random streams restart",
+            len(rngs),
+            run.info.world_size,
+        )
+    run.best = state.get("best")
+    log.info("Resuming from %s at step %d", run.out_dir / CHECKPOINT, state["step"])
     return int(state["step"])
 
 
-def _checkpoint(out_dir: Path, step: int, objective: nn.Module, opt, sched) -> Path:
-    return save_checkpoint(
-        out_dir / CHECKPOINT,
-        {
-            "step": step,
-            "model": objective.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "rng": rng_state(),
-        },
-    )
+def _checkpoint(run: _Run, step: int) -> None:
+    rngs = D.gather_objects(rng_state(), run.info)  # every rank's RNG, for an exact resume
+    if run.info.is_main:
+        save_checkpoint(
+            run.out_dir / CHECKPOINT,
+            {
+                "step": step,
+                "model": run.objective.state_dict(),
+                "optimizer": run.opt.state_dict(),
+                "scheduler": run.sched.state_dict(),
+                "rng": rngs,
+                "best": run.best,
+            },
+        )
+    D.barrier(run.info)
+    run.last_good = step
 
 
-def _check_finite(loss: torch.Tensor, step: int, out_dir: Path, last_good: int | None) -> None:
-    if not math.isfinite(loss.item()):
+def _check_finite(loss: float, step: int, run: _Run) -> None:
+    if not math.isfinite(loss):
         where = (
-            f"the last good checkpoint is {out_dir / CHECKPOINT} (step {last_good})"
-            if last_good is not None
+            f"the last good checkpoint is {run.out_dir / CHECKPOINT} (step {run.last_good})"
+            if run.last_good is not None
             else "no checkpoint was written yet"
         )
         raise NonFiniteLossError(
-            f"Loss is {loss.item()} at step {step}; {where}. Lower train.lr or "
-            "raise train.warmup_steps, then rerun the same command to resume."
+            f"Loss is {loss} at step {step}; {where}. Lower train.lr or raise "
+            "train.warmup_steps, then rerun the same command to resume."
         )
+
+
+def _autocast(info: D.DistInfo):
+    """bf16 autocast on CUDA; plain fp32 on CPU (bf16 is far slower there)."""
+    if info.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _micro_batches(idx: np.ndarray, seeds: np.ndarray, accum: int):
+    if len(idx) % accum:
+        raise ValueError(
+            f"per-process batch {len(idx)} is not divisible by train.grad_accumulation={accum}"
+        )
+    per = len(idx) // accum
+    return [(idx[i * per : (i + 1) * per], seeds[i * per : (i + 1) * per]) for i in range(accum)]
+
+
+def _forward_backward(run: _Run, get_batch, idx, seeds, accum: int) -> dict[str, float]:
+    """Accumulate gradients over micro-batches; returns the step's mean scalar outputs."""
+    totals: dict[str, float] = {}
+    for i, (part, part_seeds) in enumerate(_micro_batches(idx, seeds, accum)):
+        batch = {
+            k: v.to(run.info.device) if torch.is_tensor(v) else v
+            for k, v in get_batch(part).items()
+        }
+        batch["sample_seed"] = torch.as_tensor(part_seeds)
+        sync = i == accum - 1 or not run.info.enabled
+        with contextlib.nullcontext() if sync else run.model.no_sync(), _autocast(run.info):
+            out = run.model(batch)
+        (out["loss"] / accum).backward()
+        for key, value in out.items():
+            if torch.is_tensor(value) and value.ndim == 0:
+                totals[key] = totals.get(key, 0.0) + float(value.detach()) / accum
+    return totals
+
+
+def _optimizer_step(run: _Run, grad_clip: float | None) -> None:
+    if grad_clip:
+        nn.utils.clip_grad_norm_(run.objective.parameters(), float(grad_clip))
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    hook = getattr(run.objective, "on_step_end", None)
+    if callable(hook):
+        hook()
+
+
+def _run_monitor(run: _Run, monitor, step: int, tc: DictConfig, logger: Logger) -> None:
+    metrics = monitor(step) if run.info.is_main else {}
+    logger.log_metrics({f"monitor/{k}": v for k, v in metrics.items()}, step=step)
+    key = str(tc.monitor_metric)
+    if (
+        run.info.is_main
+        and key in metrics
+        and (run.best is None or metrics[key] > run.best["value"])
+    ):
+        run.best = {"metric": key, "value": float(metrics[key]), "step": step}
+        save_checkpoint(run.out_dir / "best.pt", {"model": run.objective.state_dict(), **run.best})
+
+
+def _setup(objective, cfg, out_dir, info) -> _Run:
+    objective.to(info.device)
+    if cfg.train.get("grad_checkpointing"):
+        enable_grad_checkpointing(objective)
+    opt, sched = build_optimizer(objective, cfg.train)
+    model = objective
+    if cfg.train.get("compile"):
+        model = torch.compile(model)
+    if info.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
+    return _Run(objective, model, opt, sched, info, Path(out_dir))
+
+
+def enable_grad_checkpointing(objective: nn.Module) -> None:
+    """Recompute each transformer block in the backward pass (activation checkpointing).
+
+    Wraps ``encoder.blocks[i].forward`` in ``torch.utils.checkpoint``, so parameter names (and
+    hence checkpoints and encoder artifacts) are unchanged.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    encoder = getattr(objective, "encoder", objective)
+    for block in getattr(encoder, "blocks", []):
+        forward = block.forward
+        block.forward = lambda *a, _f=forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
 
 
 def train(
@@ -97,48 +225,61 @@ def train(
     cfg: DictConfig,
     out_dir: str | Path,
     logger: Logger | None = None,
+    monitor: Callable[[int], dict] | None = None,
+    info: D.DistInfo | None = None,
 ) -> TrainResult:
-    """Run ``train.max_steps`` optimiser steps (or until ``max_minutes``), resuming if possible."""
-    out_dir, tc, logger = Path(out_dir), cfg.train, logger or NullLogger()
-    opt, sched = build_optimizer(objective, tc)
-    start = _resume(out_dir, objective, opt, sched)
-    last_good = start if start else None
+    """Run ``train.max_steps`` optimiser steps (or until ``max_minutes``), resuming if possible.
+
+    ``get_batch(indices)`` returns a batch dict for dataset indices; in a distributed run each
+    process gets its contiguous share of the global batch of ``train.batch_size``.
+    """
+    tc, logger, info = cfg.train, logger or NullLogger(), info or D.DistInfo()
+    run = _setup(objective, cfg, out_dir, info)
+    start = _resume(run)
+    run.last_good = start or None
     objective.train()
-    t0, seen, loss_value, done = time.perf_counter(), 0, float("nan"), start
+    meter = FlopMeter(info.device)
+    t0, seen, loss, done = time.perf_counter(), 0, float("nan"), start
     bar = tqdm(
         range(start, int(tc.max_steps)),
         desc="pretrain",
         unit="step",
-        disable=not tc.progress,
         initial=start,
         total=int(tc.max_steps),
+        disable=not (tc.progress and info.is_main),
     )
     for step in bar:
         idx = batch_indices(step, n_samples, int(tc.batch_size), int(cfg.seed))
-        out = objective(get_batch(idx))
-        _check_finite(out["loss"], step, out_dir, last_good)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        if tc.grad_clip:
-            nn.utils.clip_grad_norm_(objective.parameters(), float(tc.grad_clip))
-        opt.step()
-        sched.step()
-        seen, done = seen + len(idx), step + 1
-        loss_value = out["loss"].item()
-        rate = seen / max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}")
-        if (step + 1) % int(tc.log_every) == 0 or step + 1 == int(tc.max_steps):
-            terms = {f"train/{k}": v.item() for k, v in out.items() if v.ndim == 0}
-            logger.log_metrics(
-                terms | {"train/lr": sched.get_last_lr()[0], "train/images_per_second": rate},
-                step=step + 1,
+        seeds = sample_seeds(step, len(idx), int(cfg.seed))
+        idx, seeds = D.shard(idx, info), D.shard(seeds, info)
+        with meter.count(step == start):
+            terms = _forward_backward(
+                run, get_batch, idx, seeds, int(tc.get("grad_accumulation", 1))
             )
-        if (step + 1) % int(tc.checkpoint_every) == 0:
-            _checkpoint(out_dir, step + 1, objective, opt, sched)
-            last_good = step + 1
+        loss = D.mean_across(terms["loss"], info)
+        _check_finite(loss, step, run)
+        _optimizer_step(run, tc.grad_clip)
+        seen, done = seen + len(idx) * info.world_size, step + 1
+        rate = seen / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+        if done % int(tc.log_every) == 0 or done == int(tc.max_steps):
+            logger.log_metrics(
+                {f"train/{k}": v for k, v in terms.items()}
+                | {
+                    "train/loss": loss,
+                    "train/lr": run.sched.get_last_lr()[0],
+                    "train/images_per_second": rate,
+                    "train/mfu": meter.mfu(rate / len(idx) / info.world_size),
+                },
+                step=done,
+            )
+        if monitor and tc.get("monitor_every") and done % int(tc.monitor_every) == 0:
+            _run_monitor(run, monitor, done, tc, logger)
+        if done % int(tc.checkpoint_every) == 0:
+            _checkpoint(run, done)
         if tc.max_minutes and time.perf_counter() - t0 > 60 * float(tc.max_minutes):
-            log.info("Stopping at step %d: train.max_minutes=%s reached", step + 1, tc.max_minutes)
-            _checkpoint(out_dir, step + 1, objective, opt, sched)
+            log.info("Stopping at step %d: train.max_minutes=%s reached", done, tc.max_minutes)
+            _checkpoint(run, done)
             break
     bar.close()
-    return TrainResult(done, loss_value, seen / max(time.perf_counter() - t0, 1e-9), start)
+    return TrainResult(done, loss, seen / max(time.perf_counter() - t0, 1e-9), start, run.best)
