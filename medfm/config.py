@@ -25,8 +25,9 @@ DEFAULTS: dict[str, Any] = {
     "out_dir": "runs/default",
     "data": {
         "manifest": None,  # path to an ingested manifest.csv
+        "path": None,  # or a MedMNIST .npz used directly, with its official splits
         "image_size": 32,  # images are resized to image_size x image_size
-        "channels": 1,
+        "channels": 1,  # null: found from the first image
         "intensity_min": 0.0,  # stored intensities mapped linearly from [min, max] to [0, 1]
         "intensity_max": 255.0,
         "cache": "memory",  # "none" | "memory" (CacheDataset) | "persistent" (on disk)
@@ -45,6 +46,42 @@ DEFAULTS: dict[str, Any] = {
         "decoder_depth": 2,
         "decoder_heads": 4,
         "norm_pix_loss": True,
+        # contrastive objectives (simclr, dino, hybrid, metadata): views
+        "crop_scale": [0.4, 1.0],  # area fraction of the (global) crops
+        "flip_prob": 0.5,
+        "brightness": 0.2,  # additive shift U(-b, b) on [0, 1] images
+        "contrast": 0.2,  # factor U(1 - c, 1 + c) around the image mean
+        "gamma": 0.2,  # exponent log-uniform in [1 / (1 + g), 1 + g]
+        "jitter_prob": 0.8,
+        "blur_sigma": [0.1, 1.5],  # pixels of the view
+        "blur_prob": 0.5,
+        "noise_std": 0.05,
+        "noise_prob": 0.5,
+        "random_field_strength": 0.0,  # > 0 adds RandFieldIntensity (Mansfield et al. 2023)
+        "random_field_length_scale": 8.0,
+        # simclr, hybrid, metadata
+        "temperature": 0.2,
+        "proj_dim": 128,
+        "proj_hidden_dim": 512,
+        # dino
+        "dino_out_dim": 1024,
+        "dino_hidden_dim": 512,
+        "dino_bottleneck_dim": 128,
+        "n_local_crops": 4,
+        "local_crop_size": 16,  # a multiple of model.patch_size, at most data.image_size
+        "local_crop_scale": [0.05, 0.4],
+        "teacher_temp": 0.04,
+        "student_temp": 0.1,
+        "center_momentum": 0.9,
+        "ema_momentum": 0.996,  # teacher EMA momentum at step 0 ...
+        "ema_momentum_end": 1.0,  # ... rising along a cosine to this ...
+        "ema_schedule_steps": "${train.max_steps}",  # ... at this step (null: constant)
+        # hybrid: weight_mim * MAE + weight_contrastive * InfoNCE
+        "weight_mim": 1.0,
+        "weight_contrastive": 1.0,
+        # metadata: y-aware InfoNCE on batch[meta_key], kernel width in metadata units
+        "meta_key": "meta",
+        "meta_sigma": 1.0,
     },
     "train": {
         "batch_size": 64,

@@ -22,10 +22,11 @@ def extract_features(
 ) -> np.ndarray:
     """Run ``model`` in eval mode over ``dataset`` in order; pooled features ``(n, d)``."""
     model.eval()
+    device = next(model.parameters()).device
     chunks = []
     for start in tqdm(
         range(0, len(dataset), batch_size), desc="features", unit="batch", disable=not progress
     ):
         images = stack_images(dataset, range(start, min(start + batch_size, len(dataset))))
-        chunks.append(encode(model, images, pooling).float().cpu().numpy())
+        chunks.append(encode(model, images.to(device), pooling).float().cpu().numpy())
     return np.concatenate(chunks)

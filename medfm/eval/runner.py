@@ -23,17 +23,18 @@ from medfm.tracking.base import Logger, NullLogger
 
 def encoder_features(
     encoder: str | os.PathLike,
-    manifest: str | os.PathLike,
+    manifest: str | os.PathLike | list[dict],
     *,
     random_init: bool = False,
     seed: int = 0,
     progress: bool = True,
     batch_size: int = 128,
 ) -> tuple[FeatureTable, DictConfig]:
-    """Features of every manifest row under the encoder (or its random-init twin)."""
+    """Features of every manifest row (a path, or rows already read) under the encoder, or
+    under its random-init twin."""
     torch.manual_seed(seed)
     model, enc_cfg = load_encoder(encoder, random_init=random_init)
-    rows = read_manifest(manifest)
+    rows = manifest if isinstance(manifest, list) else read_manifest(manifest)
     dataset = build_dataset(rows, enc_cfg.data)
     feats = extract_features(model, dataset, str(enc_cfg.model.pooling), batch_size, progress)
     return FeatureTable.from_rows(feats, rows), enc_cfg

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -176,9 +177,18 @@ def _optimizer_step(run: _Run, grad_clip: float | None) -> None:
         hook()
 
 
+def _append_jsonl(run: _Run, record: dict) -> None:
+    """Rank 0 keeps ``out_dir/metrics.jsonl``: the loss curve without needing MLflow."""
+    if run.info.is_main:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(run.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({k: v for k, v in record.items() if v is not None}) + "\n")
+
+
 def _run_monitor(run: _Run, monitor, step: int, tc: DictConfig, logger: Logger) -> None:
     metrics = monitor(step) if run.info.is_main else {}
     logger.log_metrics({f"monitor/{k}": v for k, v in metrics.items()}, step=step)
+    _append_jsonl(run, {"step": step} | {f"monitor/{k}": v for k, v in metrics.items()})
     key = str(tc.monitor_metric)
     if (
         run.info.is_main
@@ -237,6 +247,8 @@ def train(
     run = _setup(objective, cfg, out_dir, info)
     start = _resume(run)
     run.last_good = start or None
+    if start == 0 and info.is_main:
+        (run.out_dir / "metrics.jsonl").unlink(missing_ok=True)
     objective.train()
     meter = FlopMeter(info.device)
     t0, seen, loss, done = time.perf_counter(), 0, float("nan"), start
@@ -263,16 +275,14 @@ def train(
         rate = seen / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
         if done % int(tc.log_every) == 0 or done == int(tc.max_steps):
-            logger.log_metrics(
-                {f"train/{k}": v for k, v in terms.items()}
-                | {
-                    "train/loss": loss,
-                    "train/lr": run.sched.get_last_lr()[0],
-                    "train/images_per_second": rate,
-                    "train/mfu": meter.mfu(rate / len(idx) / info.world_size),
-                },
-                step=done,
-            )
+            metrics = {f"train/{k}": v for k, v in terms.items()} | {
+                "train/loss": loss,
+                "train/lr": run.sched.get_last_lr()[0],
+                "train/images_per_second": rate,
+                "train/mfu": meter.mfu(rate / len(idx) / info.world_size),
+            }
+            logger.log_metrics(metrics, step=done)
+            _append_jsonl(run, {"step": done} | metrics)
         if monitor and tc.get("monitor_every") and done % int(tc.monitor_every) == 0:
             _run_monitor(run, monitor, done, tc, logger)
         if done % int(tc.checkpoint_every) == 0:

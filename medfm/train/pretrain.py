@@ -1,7 +1,8 @@
-"""Self-supervised pre-training from a manifest to an encoder artifact.
+"""Self-supervised pre-training from a manifest (or a MedMNIST file) to an encoder artifact.
 
-``pretrain(cfg)`` reads ``data.manifest``, trains ``ssl.objective`` on the train split's images
-(labels are not used), and writes ``out_dir/encoder.safetensors`` + ``out_dir/config.yaml``.
+``pretrain(cfg)`` trains ``ssl.objective`` on the train split's images (labels are used only by
+the online monitors) and writes ``out_dir/encoder.safetensors`` + ``out_dir/config.yaml``. Under
+``torchrun`` it runs data-parallel; only rank 0 logs and writes files.
 """
 
 from __future__ import annotations
@@ -11,28 +12,53 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from medfm.config import ConfigError, flatten, save_config
 from medfm.data.datasets import build_dataset, rows_for_split, stack_images
 from medfm.data.manifest import read_manifest
+from medfm.data.medmnist import medmnist_rows
 from medfm.models.backbones import build_backbone
 from medfm.models.encoder_io import save_encoder
-from medfm.ssl.mae import build_objective
+from medfm.ssl import build_objective
 from medfm.tracking.base import Logger, NullLogger
+from medfm.train import distributed as D
 from medfm.train.engine import TrainResult, train
+from medfm.train.monitor import make_monitor
 from medfm.train.seed import seed_everything
 
 log = logging.getLogger(__name__)
 
 
-def _train_rows(cfg: DictConfig) -> list[dict]:
+def load_rows(cfg: DictConfig) -> list[dict]:
+    """Manifest rows from ``data.manifest``, or from a MedMNIST ``.npz`` at ``data.path``."""
+    if cfg.data.get("path"):
+        path = Path(cfg.data.path)
+        if not path.is_file():
+            raise FileNotFoundError(f"data.path={path} does not exist; pass a MedMNIST .npz")
+        rows = medmnist_rows(path)
+        for i, row in enumerate(rows):
+            row.update(id=str(i), patient=str(i), center="")
+        return rows
     if not cfg.data.manifest:
         raise ConfigError(
             "data.manifest is not set; pass data.manifest=<DIR>/manifest.csv "
-            "(made by `medfm ingest`)"
+            "(made by `medfm ingest`) or data.path=<MedMNIST .npz>"
         )
-    rows = read_manifest(cfg.data.manifest)
+    return read_manifest(cfg.data.manifest)
+
+
+def infer_channels(cfg: DictConfig, rows: list[dict]) -> DictConfig:
+    """Fill ``data.channels: null`` from the first image (1 for grey, 3 for RGB)."""
+    if cfg.data.channels is not None:
+        return cfg
+    from medfm.data.loading import load_path
+
+    channels = int(load_path(rows[0]["path"]).shape[0])
+    return OmegaConf.merge(cfg, {"data": {"channels": channels}})
+
+
+def _train_rows(rows: list[dict], cfg: DictConfig) -> list[dict]:
     train_rows = rows_for_split(rows, "train") or rows
     if len(train_rows) < int(cfg.train.batch_size):
         log.warning(
@@ -43,29 +69,36 @@ def _train_rows(cfg: DictConfig) -> list[dict]:
 
 def pretrain(cfg: DictConfig, logger: Logger | None = None) -> tuple[Path, TrainResult]:
     """Train and save the encoder; returns ``(out_dir, result)``."""
-    logger = logger or NullLogger()
+    info = D.init_distributed()
+    logger = logger if info.is_main and logger is not None else NullLogger()
+    rows = load_rows(cfg)
+    cfg = infer_channels(cfg, rows)
     out_dir = Path(cfg.out_dir)
-    save_config(cfg, out_dir / "config.yaml")
-    logger.log_params(flatten(cfg))
-    logger.log_artifact(out_dir / "config.yaml")
+    if info.is_main:
+        save_config(cfg, out_dir / "config.yaml")
+        logger.log_params(flatten(cfg))
+        logger.log_artifact(out_dir / "config.yaml")
     seed_everything(int(cfg.seed))
-    dataset = build_dataset(_train_rows(cfg), cfg.data)
+    dataset = build_dataset(_train_rows(rows, cfg), cfg.data)
     encoder = build_backbone(cfg.model, cfg.data.image_size, cfg.data.channels)
     objective = build_objective(encoder, cfg.ssl)
-    torch.manual_seed(int(cfg.seed))
+    torch.manual_seed(int(cfg.seed) + 1000 * info.rank)
 
     def get_batch(idx: np.ndarray) -> dict:
         return {"image": stack_images(dataset, idx)}
 
-    result = train(objective, get_batch, len(dataset), cfg, out_dir, logger)
-    save_encoder(encoder, cfg, out_dir)
-    logger.log_metrics(
-        {
-            "pretrain/final_loss": result.final_loss,
-            "pretrain/images_per_second": result.images_per_second,
-        },
-        step=result.steps,
-    )
-    logger.log_artifact(out_dir / "encoder.safetensors", "encoder")
-    logger.log_artifact(out_dir / "config.yaml", "encoder")
+    monitor = make_monitor(encoder, rows, cfg, info) if cfg.train.monitor_every else None
+    result = train(objective, get_batch, len(dataset), cfg, out_dir, logger, monitor, info)
+    if info.is_main:
+        save_encoder(encoder.cpu(), cfg, out_dir)
+        logger.log_metrics(
+            {
+                "pretrain/final_loss": result.final_loss,
+                "pretrain/images_per_second": result.images_per_second,
+            },
+            step=result.steps,
+        )
+        logger.log_artifact(out_dir / "encoder.safetensors", "encoder")
+        logger.log_artifact(out_dir / "config.yaml", "encoder")
+    D.barrier(info)
     return out_dir, result
