@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
         "manifest": None,  # path to an ingested manifest.csv
         "path": None,  # or a MedMNIST .npz used directly, with its official splits
         "image_size": 32,  # images are resized to image_size x image_size
+        "depth_size": None,  # slices D of 3D volumes (vit3d_*/unified_*); null: image_size
         "channels": 1,  # null: found from the first image
         "intensity_min": 0.0,  # stored intensities mapped linearly from [min, max] to [0, 1]
         "intensity_max": 255.0,
@@ -46,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
         "decoder_depth": 2,
         "decoder_heads": 4,
         "norm_pix_loss": True,
+        "gradient_target": False,  # MAE: also reconstruct the gradient-magnitude map (Uni4Eye)
+        "gradient_weight": 1.0,  # loss = pixel loss + gradient_weight * gradient loss
         # contrastive objectives (simclr, dino, hybrid, metadata): views
         "crop_scale": [0.4, 1.0],  # area fraction of the (global) crops
         "flip_prob": 0.5,

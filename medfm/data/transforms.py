@@ -7,7 +7,7 @@ from monai.transforms import (
     Compose,
     EnsureTyped,
     MapTransform,
-    Resized,
+    Resize,
     ScaleIntensityRanged,
 )
 from omegaconf import DictConfig
@@ -38,8 +38,34 @@ class MatchChannelsd(MapTransform):
         return d
 
 
+class ResizeToConfigd(MapTransform):
+    """Resize 2D images to ``(size, size)`` and 3D volumes to ``(depth, size, size)``.
+
+    Volumes load as ``(C, X, Y, Z)``; the slice axis Z is moved first so that 3D backbones see
+    ``(C, D, H, W)`` with D along the slices. Uses MONAI ``Resize`` with ``area`` interpolation
+    (no zero-padded anti-aliasing blur, which darkens borders).
+    """
+
+    def __init__(self, keys: str | list[str], size: int, depth: int | None = None) -> None:
+        super().__init__(keys)
+        self.size, self.depth = size, depth
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if img.ndim == 4:  # (C, X, Y, Z) -> (C, Z, X, Y)
+                img = img.permute(0, 3, 1, 2)
+                shape = (self.depth or self.size, self.size, self.size)
+            else:
+                shape = (self.size, self.size)
+            d[key] = Resize(shape, mode="area")(img)
+        return d
+
+
 def image_transforms(data_cfg: DictConfig) -> Compose:
-    """Load (see :mod:`medfm.data.loading`), channel-first, scale to [0, 1], resize, float32."""
+    """Load (see :mod:`medfm.data.loading`), channel-first, scale to [0, 1], resize (2D or
+    3D), float32."""
     size = int(data_cfg.image_size)
     return Compose(
         [
@@ -53,7 +79,7 @@ def image_transforms(data_cfg: DictConfig) -> Compose:
                 b_max=1.0,
                 clip=True,
             ),
-            Resized("image", spatial_size=(size, size), mode="area"),
+            ResizeToConfigd("image", size, data_cfg.get("depth_size")),
             EnsureTyped("image", dtype=torch.float32, track_meta=False),
         ]
     )

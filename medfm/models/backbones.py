@@ -1,21 +1,75 @@
-"""2D ViT backbones from timm, built by name, never downloaded.
+"""ViT backbones built by name, never downloaded: timm 2D, medfm 3D and unified 2D + 3D.
 
-``model.name`` is any timm Vision Transformer (``vit_tiny_patch16_224``, ``vit_small_patch16_224``,
-...); ``patch_size``, ``depth``, ``in_chans`` and ``img_size`` are adapted, the classifier removed,
-and the position embedding fixed to 2D sin-cos as in MAE (He et al. 2022). The result *is* a plain
-timm ``VisionTransformer``, so an encoder saved by medfm loads into timm with identical keys.
+``model.name`` is either
+
+- any timm Vision Transformer (``vit_tiny_patch16_224``, ``vit_small_patch16_224``, ...):
+  ``patch_size``, ``depth``, ``in_chans`` and ``img_size`` are adapted, the classifier removed,
+  and the position embedding fixed to 2D sin-cos as in MAE (He et al. 2022). The result *is* a
+  plain timm ``VisionTransformer``, so an encoder saved by medfm loads into timm with identical
+  keys;
+- ``vit3d_<size>``: a :class:`~medfm.models.vit3d.ViT3D` on ``(D, H, W)`` volumes with
+  ``D = data.depth_size`` (else ``data.image_size``) and ``H = W = data.image_size``; its weights
+  load into MONAI's ``ViT`` (see :mod:`medfm.models.vit3d`);
+- ``unified_<size>``: the same ViT3D with ``unified=True``, which also takes 2D ``(H, W)`` images
+  through the same transformer (Cai et al. 2022, "Uni4Eye").
+
+``<size>`` is a key of :data:`SIZES`; ``model.depth`` (when set) overrides the size's depth.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from medfm.models.pos_embed import sincos_2d
+from medfm.models.vit3d import ViT3D
+
+SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+}
+"""Named sizes: ``(embed_dim, depth, num_heads)``, as timm's ViT-Ti/S/B."""
+
+_MEDFM_NAME = re.compile(r"(vit3d|unified)_(\w+)")
+
+
+def medfm_model_names() -> list[str]:
+    """The 3D and unified backbone names: ``vit3d_tiny``, ..., ``unified_base``."""
+    return [f"{kind}_{size}" for kind in ("vit3d", "unified") for size in SIZES]
+
+
+def is_medfm_3d(name: str) -> bool:
+    """Whether ``model.name`` is a medfm :class:`ViT3D` (``vit3d_*`` / ``unified_*``)."""
+    match = _MEDFM_NAME.fullmatch(str(name))
+    return bool(match) and match[2] in SIZES
+
+
+def vit3d_kwargs(
+    model_cfg: Mapping[str, Any], image_size: int, channels: int, depth_size: int | None = None
+) -> dict[str, Any]:
+    """The :class:`ViT3D` keyword arguments of a ``vit3d_*`` / ``unified_*`` ``model.name``."""
+    name = str(model_cfg["name"])
+    if not is_medfm_3d(name):
+        raise ValueError(f"model.name={name!r} is not one of {', '.join(medfm_model_names())}")
+    kind, size = _MEDFM_NAME.fullmatch(name).groups()
+    embed_dim, depth, heads = SIZES[size]
+    image_size = int(image_size)
+    return {
+        "img_size": (int(depth_size or image_size), image_size, image_size),
+        "patch_size": int(model_cfg["patch_size"]),
+        "in_chans": int(channels),
+        "embed_dim": embed_dim,
+        "depth": int(model_cfg.get("depth") or depth),
+        "num_heads": heads,
+        "unified": kind == "unified",
+    }
 
 
 def backbone_kwargs(model_cfg: Mapping[str, Any], image_size: int, channels: int) -> dict[str, Any]:
@@ -32,12 +86,22 @@ def backbone_kwargs(model_cfg: Mapping[str, Any], image_size: int, channels: int
 
 
 def build_backbone(
-    model_cfg: Mapping[str, Any], image_size: int, channels: int
-) -> VisionTransformer:
-    """A randomly initialised timm ViT with a frozen 2D sin-cos position embedding."""
+    model_cfg: Mapping[str, Any], image_size: int, channels: int, depth_size: int | None = None
+) -> VisionTransformer | ViT3D:
+    """A randomly initialised ViT with a frozen sin-cos position embedding.
+
+    timm names give a 2D timm ``VisionTransformer``; ``vit3d_*`` / ``unified_*`` a :class:`ViT3D`
+    on ``(depth_size or image_size, image_size, image_size)`` volumes (``depth_size`` is
+    ``data.depth_size``; it is ignored for timm names).
+    """
     name = str(model_cfg["name"])
+    if is_medfm_3d(name):
+        return ViT3D(**vit3d_kwargs(model_cfg, image_size, channels, depth_size))
     if name not in timm.list_models("vit_*"):
-        raise ValueError(f"model.name={name!r} is not a timm ViT; try e.g. vit_tiny_patch16_224")
+        raise ValueError(
+            f"model.name={name!r} is not a timm ViT nor one of {', '.join(medfm_model_names())}; "
+            "try e.g. vit_tiny_patch16_224 or vit3d_tiny"
+        )
     model = timm.create_model(
         name, pretrained=False, **backbone_kwargs(model_cfg, image_size, channels)
     )
@@ -51,10 +115,12 @@ def build_backbone(
     return model
 
 
-def encode(model: VisionTransformer, images: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
-    """``(B, C, H, W)`` -> ``(B, D)`` features: mean of patch tokens, or the class token."""
+def encode(model: nn.Module, images: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """``(B, C, H, W)`` or ``(B, C, D, H, W)`` -> ``(B, D)``: mean patch token or class token."""
     tokens = model.forward_features(images)  # (B, prefix + N, D)
     if pooling == "cls":
+        if not model.num_prefix_tokens:
+            raise ValueError("model.pooling='cls' needs a model with a class token; use 'mean'")
         return tokens[:, 0]
     if pooling == "mean":
         return tokens[:, model.num_prefix_tokens :].mean(dim=1)

@@ -1,7 +1,10 @@
 """The encoder artifact: ``encoder.safetensors`` + the resolved ``config.yaml`` that rebuilds it.
 
-Loading needs no pickle. The state-dict keys are timm's own, so the weights also load into a plain
-``timm.create_model(name, **kwargs)`` (the kwargs are in ``config.yaml`` under ``encoder``).
+Loading needs no pickle. For a 2D timm backbone the state-dict keys are timm's own, so the weights
+also load into a plain ``timm.create_model(encoder.timm_name, **encoder.timm_kwargs)``. For a 3D
+(``vit3d_*`` / ``unified_*``) backbone the keys are :class:`~medfm.models.vit3d.ViT3D`'s;
+``medfm.models.vit3d.to_monai_state_dict`` maps them onto
+``monai.networks.nets.ViT(**encoder.monai_vit_kwargs)`` (no class token there: see that module).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from medfm.config import save_config
-from medfm.models.backbones import backbone_kwargs, build_backbone
+from medfm.models.backbones import backbone_kwargs, build_backbone, is_medfm_3d
 
 WEIGHTS = "encoder.safetensors"
 CONFIG = "config.yaml"
@@ -24,19 +27,20 @@ def save_encoder(model: torch.nn.Module, cfg: DictConfig, out_dir: str | os.Path
     """Write ``out_dir/encoder.safetensors`` (atomically) and ``out_dir/config.yaml``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = OmegaConf.merge(
-        cfg,
-        {
-            "encoder": {
-                "timm_name": cfg.model.name,
-                "timm_kwargs": backbone_kwargs(cfg.model, cfg.data.image_size, cfg.data.channels),
-            }
-        },
-    )
+    if is_medfm_3d(cfg.model.name):
+        encoder = {"monai_vit_kwargs": model.monai_vit_kwargs()}
+        metadata = {"format": "pt", "model_name": str(cfg.model.name)}
+    else:
+        encoder = {
+            "timm_name": cfg.model.name,
+            "timm_kwargs": backbone_kwargs(cfg.model, cfg.data.image_size, cfg.data.channels),
+        }
+        metadata = {"format": "pt", "timm_name": str(cfg.model.name)}
+    cfg = OmegaConf.merge(cfg, {"encoder": encoder})
     save_config(cfg, out_dir / CONFIG)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = out_dir / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "timm_name": str(cfg.model.name)})
+    save_file(state, str(tmp), metadata=metadata)
     os.replace(tmp, out_dir / WEIGHTS)
     return out_dir / WEIGHTS
 
@@ -62,7 +66,9 @@ def load_encoder(
     """Rebuild the backbone from ``config.yaml`` and load the weights (unless ``random_init``)."""
     folder = _artifact_dir(path)
     cfg = OmegaConf.load(folder / CONFIG)
-    model = build_backbone(cfg.model, cfg.data.image_size, cfg.data.channels)
+    model = build_backbone(
+        cfg.model, cfg.data.image_size, cfg.data.channels, cfg.data.get("depth_size")
+    )
     if not random_init:
         model.load_state_dict(load_file(str(folder / WEIGHTS)))
     return model.eval(), cfg

@@ -13,20 +13,38 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
     return max(1, int(round(num_patches * (1.0 - mask_ratio))))
 
 
+def per_sample_uniform(seeds: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """``(B, n)`` uniform noise, row ``i`` drawn from its own generator seeded by ``seeds[i]``.
+
+    A sample's randomness then depends on the sample alone, not on which process or micro-batch
+    it lands in: the same global batch gives the same masks on 1 process or N.
+    """
+    rows = [torch.rand(n, generator=torch.Generator().manual_seed(int(s))) for s in seeds.tolist()]
+    return torch.stack(rows).to(device)
+
+
 def random_masking(
-    tokens: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
+    tokens: torch.Tensor,
+    mask_ratio: float,
+    generator: torch.Generator | None = None,
+    sample_seeds: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep a random subset of tokens per sample.
 
     Args:
         tokens: ``(B, N, D)``.
+        sample_seeds: optional ``(B,)`` integer seeds, one per sample (see
+            :func:`per_sample_uniform`); otherwise noise comes from ``generator`` or the global RNG.
     Returns:
         visible ``(B, K, D)``; mask ``(B, N)`` with 1 = masked (removed), 0 = kept, in the original
         order; ids_restore ``(B, N)`` that un-shuffles ``[visible, mask tokens]`` back to order.
     """
     batch, n, dim = tokens.shape
     keep = num_visible(n, mask_ratio)
-    noise = torch.rand(batch, n, device=tokens.device, generator=generator)
+    if sample_seeds is not None:
+        noise = per_sample_uniform(sample_seeds, n, tokens.device)
+    else:
+        noise = torch.rand(batch, n, device=tokens.device, generator=generator)
     ids_shuffle = noise.argsort(dim=1)
     ids_restore = ids_shuffle.argsort(dim=1)
     ids_keep = ids_shuffle[:, :keep]

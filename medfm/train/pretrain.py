@@ -67,6 +67,20 @@ def _train_rows(rows: list[dict], cfg: DictConfig) -> list[dict]:
     return train_rows
 
 
+def _metadata(rows: list[dict], cfg: DictConfig) -> torch.Tensor | None:
+    """The continuous metadata column (e.g. age) for ``ssl.objective=metadata``, per train row."""
+    if cfg.ssl.objective != "metadata":
+        return None
+    key = str(cfg.ssl.meta_key)
+    try:
+        return torch.tensor([float(r[key]) for r in rows], dtype=torch.float32)
+    except (KeyError, ValueError):
+        raise ConfigError(
+            f"ssl.objective=metadata needs a numeric manifest column {key!r} on "
+            f"every train row; add it or set ssl.meta_key"
+        ) from None
+
+
 def pretrain(cfg: DictConfig, logger: Logger | None = None) -> tuple[Path, TrainResult]:
     """Train and save the encoder; returns ``(out_dir, result)``."""
     info = D.init_distributed()
@@ -79,13 +93,20 @@ def pretrain(cfg: DictConfig, logger: Logger | None = None) -> tuple[Path, Train
         logger.log_params(flatten(cfg))
         logger.log_artifact(out_dir / "config.yaml")
     seed_everything(int(cfg.seed))
-    dataset = build_dataset(_train_rows(rows, cfg), cfg.data)
-    encoder = build_backbone(cfg.model, cfg.data.image_size, cfg.data.channels)
-    objective = build_objective(encoder, cfg.ssl)
+    train_rows = _train_rows(rows, cfg)
+    dataset = build_dataset(train_rows, cfg.data)
+    meta = _metadata(train_rows, cfg)
+    encoder = build_backbone(
+        cfg.model, cfg.data.image_size, cfg.data.channels, cfg.data.get("depth_size")
+    )
+    objective = build_objective(encoder, cfg.ssl, str(cfg.model.pooling))
     torch.manual_seed(int(cfg.seed) + 1000 * info.rank)
 
     def get_batch(idx: np.ndarray) -> dict:
-        return {"image": stack_images(dataset, idx)}
+        batch = {"image": stack_images(dataset, idx)}
+        if meta is not None:
+            batch[str(cfg.ssl.meta_key)] = meta[torch.as_tensor(idx)]
+        return batch
 
     monitor = make_monitor(encoder, rows, cfg, info) if cfg.train.monitor_every else None
     result = train(objective, get_batch, len(dataset), cfg, out_dir, logger, monitor, info)

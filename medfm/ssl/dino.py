@@ -1,0 +1,157 @@
+"""DINO: self-distillation with no labels (Caron et al. 2021, "Emerging Properties in
+Self-Supervised Vision Transformers").
+
+A student (encoder + :class:`~medfm.ssl.heads.DINOHead`) sees 2 global and ``n_local`` local
+crops; an EMA teacher sees the global crops; the student matches the teacher's centred, sharpened
+distribution on every pair of different crops (:func:`~medfm.ssl.losses.dino_loss`).
+
+Training-loop contract: after every optimiser step call :meth:`DINO.on_step_end`, which moves the
+teacher towards the student. ``forward`` never updates the teacher (it must see the student
+*after* the step); it does update the centre, as the reference implementation does.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from medfm.models.backbones import encode
+from medfm.ssl.ema import EMATeacher, cosine_momentum
+from medfm.ssl.heads import DINOHead
+from medfm.ssl.losses import DINOLoss
+from medfm.ssl.views import MultiCrop
+
+
+def encode_any_size(
+    encoder: VisionTransformer, images: torch.Tensor, pooling: str = "mean"
+) -> torch.Tensor:
+    """:func:`medfm.models.backbones.encode` for images of any size divisible by the patch size.
+
+    At the encoder's own size this *is* ``encode``; at another (DINO's local crops) the
+    absolute position embedding is resampled to the new grid (bicubic, as DINO's
+    ``interpolate_pos_encoding``), without changing the encoder.
+    """
+    size = tuple(images.shape[-2:])
+    if size == tuple(encoder.patch_embed.img_size):
+        return encode(encoder, images, pooling)
+    patch = encoder.patch_embed.patch_size
+    if size[0] % patch[0] or size[1] % patch[1]:
+        raise ValueError(f"crop size {size} is not divisible by the patch size {patch}")
+    embed = encoder.patch_embed
+    x = embed.norm(embed.proj(images).flatten(2).transpose(1, 2))  # (B, N', D)
+    prefix = 0 if encoder.no_embed_class else encoder.num_prefix_tokens
+    pos = resample_abs_pos_embed(
+        encoder.pos_embed,
+        new_size=[size[0] // patch[0], size[1] // patch[1]],
+        old_size=list(embed.grid_size),
+        num_prefix_tokens=prefix,
+    )
+    tokens = [
+        t.expand(len(x), -1, -1) for t in (encoder.cls_token, encoder.reg_token) if t is not None
+    ]
+    if encoder.no_embed_class:
+        x = torch.cat([*tokens, x + pos], dim=1)
+    else:
+        x = torch.cat([*tokens, x], dim=1) + pos
+    x = encoder.norm_pre(encoder.patch_drop(encoder.pos_drop(x)))
+    x = encoder.norm(encoder.blocks(x))  # (B, prefix + N', D)
+    if pooling == "cls":
+        return x[:, 0]
+    if pooling == "mean":
+        return x[:, encoder.num_prefix_tokens :].mean(dim=1)
+    raise ValueError(f"model.pooling={pooling!r}: use 'mean' or 'cls'")
+
+
+class DINONetwork(nn.Module):
+    """Encoder + DINO head: ``(B, C, H, W)`` at any multiple of the patch size -> ``(B, K)``."""
+
+    def __init__(self, encoder: VisionTransformer, head: DINOHead, pooling: str = "mean"):
+        super().__init__()
+        self.encoder, self.head, self.pooling = encoder, head, pooling
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(encode_any_size(self.encoder, images, self.pooling))
+
+
+class DINO(nn.Module):
+    """DINO objective. ``forward({"image": (B, C, H, W)})`` -> ``{"loss", "loss_dino",
+    "teacher_entropy", "ema_momentum"}``; call :meth:`on_step_end` after each optimiser step.
+
+    Args:
+        encoder: the student's timm ViT (the teacher is a deep copy made here).
+        out_dim, hidden_dim, bottleneck_dim: :class:`~medfm.ssl.heads.DINOHead` sizes.
+        n_local: local crops per sample (ignored when ``views`` is given).
+        teacher_temp, student_temp, center_momentum: :class:`~medfm.ssl.losses.DINOLoss`.
+        momentum: EMA momentum at step 0; it rises along a cosine to ``momentum_final`` at
+            ``momentum_steps`` (constant when ``momentum_steps`` is None).
+        views: a callable ``images -> [global, global, local, ...]``; default
+            ``MultiCrop(encoder size, half of it, n_local)``.
+        pooling: ``"mean"`` of patch tokens or ``"cls"``.
+    """
+
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        out_dim: int = 1024,
+        n_local: int = 4,
+        teacher_temp: float = 0.04,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        momentum: float = 0.996,
+        views=None,
+        momentum_final: float = 1.0,
+        momentum_steps: int | None = None,
+        hidden_dim: int = 512,
+        bottleneck_dim: int = 128,
+        pooling: str = "mean",
+    ) -> None:
+        super().__init__()
+        size = tuple(encoder.patch_embed.img_size)
+        self.views = views or MultiCrop(size, (size[0] // 2, size[1] // 2), n_local)
+        head = DINOHead(encoder.embed_dim, out_dim, hidden_dim, bottleneck_dim)
+        self.student = DINONetwork(encoder, head, pooling)
+        self.teacher = EMATeacher(self.student)
+        self.criterion = DINOLoss(out_dim, student_temp, teacher_temp, center_momentum)
+        self.momentum, self.momentum_final = momentum, momentum_final
+        self.momentum_steps = momentum_steps
+        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+
+    @property
+    def encoder(self) -> VisionTransformer:
+        return self.student.encoder
+
+    def current_momentum(self) -> float:
+        return cosine_momentum(
+            int(self.ema_steps), self.momentum_steps, self.momentum, self.momentum_final
+        )
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        crops = self.views(batch["image"])
+        n_global = 2
+        global_crops = torch.cat(crops[:n_global])  # (2B, C, H, W)
+        teacher_out = self.teacher(global_crops).chunk(n_global)  # 2 x (B, K)
+        student_out = list(self.student(global_crops).chunk(n_global))
+        if len(crops) > n_global:
+            local_out = self.student(torch.cat(crops[n_global:]))  # (n_local * B, K)
+            student_out += list(local_out.chunk(len(crops) - n_global))
+        loss = self.criterion(student_out, teacher_out)
+        q = torch.softmax(
+            (torch.cat(teacher_out) - self.criterion.center) / self.criterion.teacher_temp, dim=-1
+        )
+        entropy = -(q * q.clamp_min(1e-12).log()).sum(dim=-1).mean()
+        if self.training:
+            self.criterion.update_center(teacher_out)
+        return {
+            "loss": loss,
+            "loss_dino": loss.detach(),
+            "teacher_entropy": entropy.detach(),
+            "ema_momentum": torch.tensor(self.current_momentum()),
+        }
+
+    @torch.no_grad()
+    def on_step_end(self) -> None:
+        """Move the teacher towards the student; call after ``optimizer.step()``."""
+        self.teacher.update(self.student, self.current_momentum())
+        self.ema_steps += 1

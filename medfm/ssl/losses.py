@@ -1,0 +1,184 @@
+"""Contrastive and self-distillation losses.
+
+- :func:`info_nce` / :class:`NTXentLoss`: NT-Xent of SimCLR (Chen et al. 2020, "A Simple
+  Framework for Contrastive Learning of Visual Representations").
+- :func:`metadata_weighted_info_nce`: y-aware InfoNCE (Dufumier et al. 2021, "Contrastive
+  Learning with Continuous Proxy Meta-Data for 3D MRI Classification"; used again in AnatCL):
+  positives weighted by a Gaussian kernel on continuous metadata such as age.
+- :func:`dino_loss` / :class:`DINOLoss`: self-distillation cross-entropy of DINO (Caron et al.
+  2021, "Emerging Properties in Self-Supervised Vision Transformers").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def _similarity_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``(2B, 2B)`` cosine similarities of ``[z1; z2]`` over ``temperature``, diagonal -inf."""
+    if z1.shape != z2.shape or z1.ndim != 2:
+        raise ValueError(f"z1 and z2 must both be (B, D); got {tuple(z1.shape)}, {tuple(z2.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = F.normalize(torch.cat([z1, z2]), dim=1)  # (2B, D)
+    logits = z @ z.T / temperature
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    return logits.masked_fill(eye, float("-inf"))
+
+
+def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """NT-Xent loss (Chen et al. 2020) over the ``2B`` embeddings of two views.
+
+    Sample ``i`` of ``z1`` and sample ``i`` of ``z2`` are a positive pair; every other of the
+    ``2B - 2`` embeddings is a negative. With cosine similarity ``s`` and anchor ``a`` whose
+    positive is ``p(a)``::
+
+        loss = mean over the 2B anchors a of
+               -log( exp(s[a, p(a)] / t) / sum_{k != a} exp(s[a, k] / t) )
+
+    Args:
+        z1, z2: ``(B, D)`` embeddings (need not be normalised), ``B >= 1``.
+        temperature: ``t`` > 0; lower is sharper.
+    Returns:
+        0-dim loss. Its minimum, ``log(1)`` for perfectly separated pairs, is approached as
+        ``t -> 0``; with ``B = 1`` it is exactly 0.
+    """
+    logits = _similarity_logits(z1, z2, temperature)
+    b = z1.shape[0]
+    targets = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(logits.device)
+    return F.cross_entropy(logits, targets)
+
+
+class NTXentLoss(nn.Module):
+    """Module form of :func:`info_nce`: ``NTXentLoss(0.2)(z1, z2)``, ``z1, z2`` ``(B, D)``."""
+
+    def __init__(self, temperature: float = 0.2) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return info_nce(z1, z2, self.temperature)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+
+def metadata_weighted_info_nce(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    meta: torch.Tensor,
+    temperature: float = 0.2,
+    sigma: float = 1.0,
+) -> torch.Tensor:
+    """y-aware InfoNCE (Dufumier et al. 2021) with continuous metadata ``y`` (e.g. age).
+
+    Over the ``2B`` embeddings ``[z1; z2]`` (metadata repeated), anchor ``a`` gives every other
+    embedding ``k`` the weight ``w[a, k] = exp(-(y_a - y_k)**2 / (2 sigma**2))``, normalised
+    so ``sum_{k != a} w[a, k] = 1``; the loss is the weighted cross-entropy::
+
+        loss = mean over a of  -sum_{k != a} w[a, k] * log softmax_{k != a}(s[a, k] / t)
+
+    The other view of the same sample always has weight ``exp(0) = 1`` before normalisation.
+    As ``sigma -> 0`` (distinct metadata) only that view remains and this is :func:`info_nce`;
+    as ``sigma -> inf`` all embeddings are equally positive. Dufumier et al.'s code sums over
+    the ``2B`` anchors and divides by ``B``, which is twice this mean.
+
+    Args:
+        z1, z2: ``(B, D)`` embeddings of two views.
+        meta: ``(B,)`` float metadata, in the units of ``sigma``.
+        temperature: softmax temperature > 0.
+        sigma: kernel width > 0, in metadata units.
+    Returns:
+        0-dim loss.
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    logits = _similarity_logits(z1, z2, temperature)
+    y = meta.reshape(-1).to(logits).repeat(2)  # (2B,)
+    if y.shape[0] != logits.shape[0]:
+        raise ValueError(f"meta must have shape (B,) = ({z1.shape[0]},), got {tuple(meta.shape)}")
+    weights = torch.exp(-((y[:, None] - y[None, :]) ** 2) / (2 * sigma**2))
+    weights = weights.masked_fill(torch.isinf(logits), 0.0)  # the diagonal
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    log_prob = F.log_softmax(logits, dim=1).masked_fill(torch.isinf(logits), 0.0)
+    return -(weights * log_prob).sum(dim=1).mean()
+
+
+def dino_loss(
+    student_out: Sequence[torch.Tensor],
+    teacher_out: Sequence[torch.Tensor],
+    center: torch.Tensor,
+    student_temp: float = 0.1,
+    teacher_temp: float = 0.04,
+) -> torch.Tensor:
+    """DINO self-distillation loss (Caron et al. 2021).
+
+    The teacher's outputs are centred and sharpened, ``q = softmax((t - center) / teacher_temp)``
+    (no gradient), the student's are ``log p = log_softmax(s / student_temp)``; the loss is the
+    mean of ``-sum_K q * log p`` over the batch and over every (teacher view ``i``, student view
+    ``v``) pair with ``v != i``. Teacher view ``i`` and student view ``i`` are the same crop
+    (the global crops come first in ``student_out``).
+
+    Args:
+        student_out: ``V`` tensors ``(B, K)``: 2 global crops, then local crops.
+        teacher_out: ``G`` tensors ``(B, K)`` (``G <= V``, usually 2): the global crops.
+        center: ``(K,)`` or ``(1, K)`` running mean of teacher outputs.
+    Returns:
+        0-dim loss. For one pair it is minimal, equal to the entropy of ``q``, when
+        ``softmax(s / student_temp) == q``.
+    """
+    pairs = [(i, v) for i in range(len(teacher_out)) for v in range(len(student_out)) if v != i]
+    if not pairs:
+        raise ValueError("dino_loss needs at least two views (one teacher, one other student)")
+    log_p = [F.log_softmax(s / student_temp, dim=-1) for s in student_out]
+    q = [F.softmax((t.detach() - center) / teacher_temp, dim=-1) for t in teacher_out]
+    total = sum((-q[i] * log_p[v]).sum(dim=-1).mean() for i, v in pairs)
+    return total / len(pairs)
+
+
+def _mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= dist.get_world_size()
+    return x
+
+
+class DINOLoss(nn.Module):
+    """:func:`dino_loss` with its centre as a buffer (saved in checkpoints).
+
+    ``forward(student_out, teacher_out)`` -> loss. The centre is updated separately, by
+    :meth:`update_center`, with an EMA of the teacher's batch mean (averaged over ranks under
+    DDP): ``center <- m * center + (1 - m) * mean(teacher)``.
+    """
+
+    def __init__(
+        self,
+        out_dim: int,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.04,
+        center_momentum: float = 0.9,
+    ) -> None:
+        super().__init__()
+        self.student_temp, self.teacher_temp = student_temp, teacher_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(
+        self, student_out: Sequence[torch.Tensor], teacher_out: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        return dino_loss(
+            student_out, teacher_out, self.center, self.student_temp, self.teacher_temp
+        )
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: Sequence[torch.Tensor]) -> None:
+        batch_mean = _mean_over_ranks(torch.cat(list(teacher_out)).mean(dim=0, keepdim=True))
+        self.center.mul_(self.center_momentum).add_(batch_mean, alpha=1 - self.center_momentum)

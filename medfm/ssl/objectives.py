@@ -1,0 +1,173 @@
+"""Self-supervised objectives by name: ``ssl.objective`` -> an ``nn.Module`` ``batch -> dict``.
+
+Every objective maps ``{"image": (B, C, H, W) in [0, 1], ...}`` to a dict with ``loss`` and
+detached 0-dim terms; ``mae`` also takes 3D volumes, the others need a 2D timm ViT. Those with an
+EMA teacher (``dino``) also have ``on_step_end()``, which the training loop calls after each
+optimiser step.
+
+Example:
+    >>> from medfm.config import load_config
+    >>> from medfm.models.backbones import build_backbone
+    >>> cfg = load_config(None, ["ssl.objective=simclr", "model.depth=1"])
+    >>> encoder = build_backbone(cfg.model, cfg.data.image_size, cfg.data.channels)
+    >>> type(build_objective(encoder, cfg.ssl)).__name__
+    'SimCLR'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from medfm.config import ConfigError
+from medfm.registry import Registry
+from medfm.ssl.dino import DINO
+from medfm.ssl.hybrid import Hybrid
+from medfm.ssl.mae import MAE, mae_kwargs
+from medfm.ssl.metadata import MetadataContrastive
+from medfm.ssl.simclr import SimCLR
+from medfm.ssl.views import MultiCrop, TwoViews
+
+ObjectiveFactory = Callable[[nn.Module, Mapping[str, Any], str], nn.Module]
+OBJECTIVES: Registry[ObjectiveFactory] = Registry("ssl objective")
+
+
+def _pair(cfg: Mapping[str, Any], key: str) -> tuple[float, float]:
+    value = cfg[key]
+    if len(value) != 2 or not 0 < float(value[0]) <= float(value[1]):
+        raise ConfigError(f"ssl.{key}={list(value)} must be [low, high] with 0 < low <= high")
+    return float(value[0]), float(value[1])
+
+
+def _augment_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`~medfm.ssl.views.Augment` settings shared by every view."""
+    return {
+        "flip_prob": float(cfg["flip_prob"]),
+        "brightness": float(cfg["brightness"]),
+        "contrast": float(cfg["contrast"]),
+        "gamma": float(cfg["gamma"]),
+        "jitter_prob": float(cfg["jitter_prob"]),
+        "blur_sigma": _pair(cfg, "blur_sigma"),
+        "blur_prob": float(cfg["blur_prob"]),
+        "noise_std": float(cfg["noise_std"]),
+        "noise_prob": float(cfg["noise_prob"]),
+        "random_field_strength": float(cfg["random_field_strength"]),
+        "random_field_length_scale": float(cfg["random_field_length_scale"]),
+    }
+
+
+def _two_views(encoder: VisionTransformer, cfg: Mapping[str, Any]) -> TwoViews:
+    size = tuple(encoder.patch_embed.img_size)
+    return TwoViews(size, scale=_pair(cfg, "crop_scale"), **_augment_kwargs(cfg))
+
+
+def _multi_crop(encoder: VisionTransformer, cfg: Mapping[str, Any]) -> MultiCrop:
+    size = tuple(encoder.patch_embed.img_size)
+    local, patch = int(cfg["local_crop_size"]), encoder.patch_embed.patch_size[0]
+    if local % patch or not 0 < local <= min(size):
+        raise ConfigError(
+            f"ssl.local_crop_size={local} must be a multiple of model.patch_size={patch} and at "
+            f"most data.image_size={min(size)}; e.g. ssl.local_crop_size={max(patch, size[0] // 2)}"
+        )
+    return MultiCrop(
+        size,
+        local,
+        int(cfg["n_local_crops"]),
+        global_scale=_pair(cfg, "crop_scale"),
+        local_scale=_pair(cfg, "local_crop_scale"),
+        **_augment_kwargs(cfg),
+    )
+
+
+@OBJECTIVES.register("mae")
+def _mae(encoder: nn.Module, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
+    return MAE(encoder, **mae_kwargs(cfg))
+
+
+@OBJECTIVES.register("simclr")
+def _simclr(encoder: VisionTransformer, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
+    return SimCLR(
+        encoder,
+        proj_dim=int(cfg["proj_dim"]),
+        temperature=float(cfg["temperature"]),
+        views=_two_views(encoder, cfg),
+        hidden_dim=int(cfg["proj_hidden_dim"]),
+        pooling=pooling,
+    )
+
+
+@OBJECTIVES.register("dino")
+def _dino(encoder: VisionTransformer, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
+    steps = cfg["ema_schedule_steps"]
+    return DINO(
+        encoder,
+        out_dim=int(cfg["dino_out_dim"]),
+        n_local=int(cfg["n_local_crops"]),
+        teacher_temp=float(cfg["teacher_temp"]),
+        student_temp=float(cfg["student_temp"]),
+        center_momentum=float(cfg["center_momentum"]),
+        momentum=float(cfg["ema_momentum"]),
+        views=_multi_crop(encoder, cfg),
+        momentum_final=float(cfg["ema_momentum_end"]),
+        momentum_steps=int(steps) if steps else None,
+        hidden_dim=int(cfg["dino_hidden_dim"]),
+        bottleneck_dim=int(cfg["dino_bottleneck_dim"]),
+        pooling=pooling,
+    )
+
+
+@OBJECTIVES.register("hybrid")
+def _hybrid(encoder: VisionTransformer, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
+    return Hybrid(
+        encoder,
+        mae_kwargs=mae_kwargs(cfg),
+        contrastive_kwargs={
+            "proj_dim": int(cfg["proj_dim"]),
+            "hidden_dim": int(cfg["proj_hidden_dim"]),
+            "temperature": float(cfg["temperature"]),
+            "views": _two_views(encoder, cfg),
+            "pooling": pooling,
+        },
+        weight_mim=float(cfg["weight_mim"]),
+        weight_contrastive=float(cfg["weight_contrastive"]),
+    )
+
+
+@OBJECTIVES.register("metadata")
+def _metadata(encoder: VisionTransformer, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
+    return MetadataContrastive(
+        encoder,
+        proj_dim=int(cfg["proj_dim"]),
+        temperature=float(cfg["temperature"]),
+        sigma=float(cfg["meta_sigma"]),
+        meta_key=str(cfg["meta_key"]),
+        views=_two_views(encoder, cfg),
+        hidden_dim=int(cfg["proj_hidden_dim"]),
+        pooling=pooling,
+    )
+
+
+def build_objective(
+    encoder: VisionTransformer, ssl_cfg: Mapping[str, Any], pooling: str = "mean"
+) -> nn.Module:
+    """The objective named by ``ssl.objective``, configured by the other ``ssl.*`` keys.
+
+    Args:
+        encoder: the timm ViT to train (kept by reference; the objective trains it in place).
+        ssl_cfg: the ``ssl`` section of the config (see ``medfm.config.DEFAULTS["ssl"]``).
+        pooling: ``model.pooling`` for the contrastive objectives' pooled features.
+    """
+    name = str(ssl_cfg["objective"])
+    if name not in OBJECTIVES:
+        raise ConfigError(
+            f"ssl.objective={name!r} is not available; use one of {', '.join(OBJECTIVES.names())}"
+        )
+    if name != "mae" and not isinstance(encoder, VisionTransformer):
+        raise ConfigError(
+            f"ssl.objective={name!r} makes 2D views and needs a 2D timm ViT (model.name=vit_*), "
+            f"got {type(encoder).__name__}; use ssl.objective=mae for vit3d_* / unified_* models"
+        )
+    return OBJECTIVES.get(name)(encoder, ssl_cfg, pooling)

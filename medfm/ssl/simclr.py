@@ -1,0 +1,54 @@
+"""SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
+Representations"): two augmented views, pooled encoder features, an MLP projection, NT-Xent."""
+
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from medfm.models.backbones import encode
+from medfm.ssl.heads import ProjectionHead
+from medfm.ssl.losses import info_nce
+from medfm.ssl.views import TwoViews
+
+
+def default_views(encoder: VisionTransformer) -> TwoViews:
+    """:class:`~medfm.ssl.views.TwoViews` at the encoder's input size, default augmentations."""
+    return TwoViews(tuple(encoder.patch_embed.img_size))
+
+
+class SimCLR(nn.Module):
+    """``forward({"image": (B, C, H, W)})`` -> ``{"loss", "loss_contrastive"}``.
+
+    Both views go through the encoder and the projector as one ``2B`` batch, so the projector's
+    BatchNorm sees both. ``views`` is a callable ``images -> (view1, view2)`` whose views have the
+    encoder's input size; default :func:`default_views`.
+    """
+
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        proj_dim: int = 128,
+        temperature: float = 0.2,
+        views=None,
+        hidden_dim: int = 512,
+        pooling: str = "mean",
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.views = views or default_views(encoder)
+        self.projector = ProjectionHead(encoder.embed_dim, hidden_dim, proj_dim)
+        self.temperature, self.pooling = temperature, pooling
+
+    def embed_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two views of ``images`` -> projections ``z1, z2`` ``(B, proj_dim)``."""
+        v1, v2 = self.views(images)
+        z = self.projector(encode(self.encoder, torch.cat([v1, v2]), self.pooling))  # (2B, P)
+        z1, z2 = z.chunk(2)
+        return z1, z2
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        z1, z2 = self.embed_views(batch["image"])
+        loss = info_nce(z1, z2, self.temperature)
+        return {"loss": loss, "loss_contrastive": loss.detach()}
