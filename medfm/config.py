@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
         "patch_size": 4,
         "depth": 6,  # null keeps the timm default
         "pooling": "mean",  # "mean" of patch tokens or "cls"
+        "pretrained": None,  # a local timm weights file (.safetensors/.pth); never downloaded
     },
     "ssl": {
         "objective": "mae",

@@ -18,8 +18,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -38,6 +41,9 @@ SIZES: dict[str, tuple[int, int, int]] = {
 """Named sizes: ``(embed_dim, depth, num_heads)``, as timm's ViT-Ti/S/B."""
 
 _MEDFM_NAME = re.compile(r"(vit3d|unified)_(\w+)")
+
+
+log = logging.getLogger(__name__)
 
 
 def medfm_model_names() -> list[str]:
@@ -112,7 +118,43 @@ def build_backbone(
         table = torch.cat([torch.zeros(n_prefix, model.embed_dim), table])
     model.pos_embed.data.copy_(table.unsqueeze(0))
     model.pos_embed.requires_grad_(False)
+    if model_cfg.get("pretrained"):
+        load_local_weights(model, model_cfg["pretrained"])
     return model
+
+
+def load_local_weights(model: VisionTransformer, path: str | os.PathLike) -> None:
+    """Load timm ViT weights from a local ``.safetensors`` / ``.pth`` / ``.bin`` file (never a hub).
+
+    timm's ``checkpoint_filter_fn`` adapts them to this model: it resamples the position
+    embedding and the patch-embedding kernel to our image and patch size, and drops the classifier.
+    """
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model.pretrained={path} does not exist; pass a local weights "
+            "file (nothing is downloaded)"
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state.get("state_dict", state))
+    state = checkpoint_filter_fn(state, model)
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        log.warning(
+            "Loaded %s: %d missing keys (%s...), %d unexpected",
+            path,
+            len(missing),
+            ", ".join(missing[:3]),
+            len(unexpected),
+        )
 
 
 def encode(model: nn.Module, images: torch.Tensor, pooling: str = "mean") -> torch.Tensor:

@@ -66,8 +66,9 @@ def load_encoder(
     """Rebuild the backbone from ``config.yaml`` and load the weights (unless ``random_init``)."""
     folder = _artifact_dir(path)
     cfg = OmegaConf.load(folder / CONFIG)
+    model_cfg = OmegaConf.merge(cfg.model, {"pretrained": None})  # the artifact has the weights
     model = build_backbone(
-        cfg.model, cfg.data.image_size, cfg.data.channels, cfg.data.get("depth_size")
+        model_cfg, cfg.data.image_size, cfg.data.channels, cfg.data.get("depth_size")
     )
     if not random_init:
         model.load_state_dict(load_file(str(folder / WEIGHTS)))

@@ -77,3 +77,19 @@ def test_random_init_differs_and_missing_artifact_is_clear(cfg, tmp_path):
     assert not torch.equal(rand.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
     with pytest.raises(FileNotFoundError, match="encoder.safetensors"):
         load_encoder(tmp_path / "elsewhere")
+
+
+def test_pretrained_loads_only_from_a_local_file_and_adapts_sizes(cfg, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, num_classes=5)
+    weights = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    model_cfg = load_config(None, ["model.depth=2", f"model.pretrained={tmp_path}/w.safetensors"])
+    model = build_backbone(model_cfg.model, 16, 3)  # 16 px, patch 4: kernel and grid resampled
+    assert model.patch_embed.proj.weight.shape == (192, 3, 4, 4)
+    torch.testing.assert_close(model.blocks[1].attn.qkv.weight, source.blocks[1].attn.qkv.weight)
+    missing = load_config(None, ["model.pretrained=/nonexistent/w.safetensors"]).model
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        build_backbone(missing, 16, 3)
