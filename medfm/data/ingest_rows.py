@@ -145,22 +145,38 @@ def _decode_all(series: list[SliceHeader]) -> tuple[list, list[dict]]:
     return good, rejected
 
 
+def _reject(headers: list[SliceHeader], reason: str) -> list[dict]:
+    return [{"path": str(h.path.resolve()), "reason": reason} for h in headers]
+
+
 def _accept_series(
     series: list[SliceHeader],
 ) -> tuple[list[SliceHeader], tuple[int, ...], list[dict]]:
-    """Decode each slice once (to validate it), drop bad slices, check the rest form a volume.
+    """Check a series on its headers first; only then decode each slice once to validate it.
 
+    Slices without pixel data or that fail to decode are rejected alone; the rest must still
+    form one consistent volume (same size and orientation, no gap), else all are rejected.
     Returns the ordered slices, the volume shape ``(X, Y[, Z])`` and the rejections.
     """
-    good, rejected = _decode_all(series)
-    if not good:
-        return [], (), rejected
-    ordered = order_slices([h for h, _ in good])
+    rejected = _reject([h for h in series if not h.has_pixels], "DICOM file has no pixel data")
+    ordered = (
+        order_slices([h for h in series if h.has_pixels]) if len(rejected) < len(series) else []
+    )
     try:
-        check_series(ordered)
+        if ordered:
+            check_series(ordered)  # headers only: nothing decoded yet
     except UnreadableFileError as err:
-        bad = [{"path": str(h.path.resolve()), "reason": str(err)} for h in ordered]
-        return [], (), rejected + bad
+        return [], (), rejected + _reject(ordered, str(err))
+    good, bad = _decode_all(ordered)
+    rejected += bad
+    ordered = [h for h, _ in good]
+    try:
+        if bad and ordered:
+            check_series(ordered)  # a dropped slice may leave a gap
+    except UnreadableFileError as err:
+        return [], (), rejected + _reject(ordered, str(err))
+    if not ordered:
+        return [], (), rejected
     first = good[0][1]
     shape = tuple(first) if len(ordered) == 1 else (*first, len(ordered))
     return ordered, shape, rejected

@@ -3,7 +3,8 @@
 * ``file.npz#split/index``: an image inside a MedMNIST file;
 * ``a.dcm|b.dcm|...`` or a folder holding one series: a DICOM series, ordered and decoded as
   :mod:`medfm.data.dicom_series` does at ingestion;
-* a single DICOM file, NIfTI, PNG, JPEG or TIFF: MONAI ``LoadImage``.
+* a single DICOM file: decoded the same way (a multi-frame file gives ``(X, Y, frames)``);
+* NIfTI, PNG, JPEG or TIFF: MONAI ``LoadImage``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ import numpy as np
 import torch
 from monai.transforms import LoadImage, MapTransform
 
-from medfm.data.dicom_series import load_series, order_slices, read_slice_header
+from medfm.data.dicom_series import (
+    is_dicom_file,
+    load_series,
+    order_slices,
+    read_slice_header,
+)
 from medfm.data.medmnist import load_medmnist_image
 
 SERIES_SEPARATOR = "|"
@@ -36,6 +42,8 @@ def load_path(path: str) -> torch.Tensor:
     if SERIES_SEPARATOR in path:
         files = [Path(p) for p in path.split(SERIES_SEPARATOR)]
         return torch.as_tensor(load_series(files)[None])
+    if is_dicom_file(Path(path)):  # decoded as ingestion did (multi-frame: frames last)
+        return torch.as_tensor(load_series([Path(path)])[None])
     if Path(path).is_dir():  # a folder holding one DICOM series, ordered as ingestion did
         headers = [read_slice_header(p) for p in sorted(Path(path).iterdir()) if p.is_file()]
         return torch.as_tensor(load_series([h.path for h in order_slices(headers)])[None])

@@ -2,8 +2,9 @@
 Self-Supervised Vision Transformers").
 
 A student (encoder + :class:`~medfm.ssl.heads.DINOHead`) sees 2 global and ``n_local`` local
-crops; an EMA teacher sees the global crops; the student matches the teacher's centred, sharpened
-distribution on every pair of different crops (:func:`~medfm.ssl.losses.dino_loss`).
+crops (2D images, or 3D volumes with a :class:`~medfm.models.vit3d.ViT3D`); an EMA teacher sees
+the global crops; the student matches the teacher's centred, sharpened distribution on every pair
+of different crops (:func:`~medfm.ssl.losses.dino_loss`).
 
 Training-loop contract: after every optimiser step call :meth:`DINO.on_step_end`, which moves the
 teacher towards the student. ``forward`` never updates the teacher (it must see the student
@@ -13,26 +14,89 @@ teacher towards the student. ``forward`` never updates the teacher (it must see 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from medfm.models.backbones import encode
+from medfm.models.pos_embed import sincos_2d, sincos_3d
+from medfm.models.vit3d import ViT3D
 from medfm.ssl.ema import EMATeacher, cosine_momentum
 from medfm.ssl.heads import DINOHead
 from medfm.ssl.losses import DINOLoss
 from medfm.ssl.views import MultiCrop
 
+Encoder = VisionTransformer | ViT3D
 
-def encode_any_size(
-    encoder: VisionTransformer, images: torch.Tensor, pooling: str = "mean"
-) -> torch.Tensor:
+
+def _pool(encoder: Encoder, tokens: torch.Tensor, pooling: str) -> torch.Tensor:
+    """``(B, prefix + N, D)`` -> ``(B, D)`` as :func:`~medfm.models.backbones.encode` pools."""
+    if pooling == "cls":
+        if not encoder.num_prefix_tokens:
+            raise ValueError("model.pooling='cls' needs a model with a class token; use 'mean'")
+        return tokens[:, 0]
+    if pooling == "mean":
+        return tokens[:, encoder.num_prefix_tokens :].mean(dim=1)
+    raise ValueError(f"model.pooling={pooling!r}: use 'mean' or 'cls'")
+
+
+def _vit3d_pos_embed(encoder: ViT3D, grid: tuple[int, ...]) -> torch.Tensor:
+    """The patch rows ``(1, N', D)`` of ``encoder``'s position table for another patch grid.
+
+    The table is fixed sin-cos, so it is recomputed for ``grid`` (exact: at the native grid it
+    equals the stored table). A stored table that is not sin-cos (e.g. learned weights loaded
+    from MONAI) is resampled instead, (tri/bi)linearly.
+    """
+    prefix = encoder.num_prefix_tokens
+    stored = encoder.pos_embed_for(len(grid))[:, prefix:]  # (1, N, D)
+    native = encoder.patch_embed.grid_size if len(grid) == 3 else encoder.patch_embed.grid_size_2d
+    sincos = sincos_3d if len(grid) == 3 else sincos_2d
+    if torch.allclose(stored[0], sincos(encoder.embed_dim, *native).to(stored), atol=1e-6):
+        return sincos(encoder.embed_dim, *grid).to(stored).unsqueeze(0)
+    table = stored.transpose(1, 2).reshape(1, encoder.embed_dim, *native)
+    mode = "trilinear" if len(grid) == 3 else "bilinear"
+    table = F.interpolate(table, size=grid, mode=mode, align_corners=False)
+    return table.flatten(2).transpose(1, 2)
+
+
+def _encode_vit3d_any_size(encoder: ViT3D, images: torch.Tensor, pooling: str) -> torch.Tensor:
+    """:func:`encode_any_size` for a :class:`~medfm.models.vit3d.ViT3D` (volumes, or 2D images
+    for a unified one) at any size divisible by the patch size."""
+    embed, dims = encoder.patch_embed, images.ndim - 2
+    native = embed.img_size if dims == 3 else embed.img_size[1:]
+    size = tuple(images.shape[2:])
+    if dims not in (2, 3) or (dims == 2 and embed.proj_2d is None) or size == tuple(native):
+        return encode(encoder, images, pooling)  # native size, or the encoder's own error
+    p = embed.patch_size[0]
+    if any(s % p for s in size):
+        raise ValueError(f"crop size {size} is not divisible by the patch size {p}")
+    y = (embed.proj if dims == 3 else embed.proj_2d)(images)  # (B, D, *grid)
+    grid = tuple(y.shape[2:])
+    x = y.flatten(2).transpose(1, 2) + _vit3d_pos_embed(encoder, grid)  # (B, N', D)
+    if encoder.cls_token is not None:
+        cls = encoder.cls_token + encoder.pos_embed_for(dims)[:, :1]
+        x = torch.cat([cls.expand(len(x), -1, -1), x], dim=1)
+    x = encoder.norm(encoder.blocks(encoder.norm_pre(x)))  # (B, prefix + N', D)
+    return _pool(encoder, x, pooling)
+
+
+def encode_any_size(encoder: Encoder, images: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
     """:func:`medfm.models.backbones.encode` for images of any size divisible by the patch size.
 
     At the encoder's own size this *is* ``encode``; at another (DINO's local crops) the
-    absolute position embedding is resampled to the new grid (bicubic, as DINO's
-    ``interpolate_pos_encoding``), without changing the encoder.
+    position embedding is adapted to the new patch grid without changing the encoder:
+
+    - a timm ViT's absolute embedding is resampled (bicubic, as DINO's
+      ``interpolate_pos_encoding``);
+    - a :class:`~medfm.models.vit3d.ViT3D` (``(B, C, D, H, W)``, or ``(B, C, H, W)`` when
+      unified) has a fixed sin-cos table, which is simply recomputed for the crop's grid with
+      :func:`~medfm.models.pos_embed.sincos_3d` (``sincos_2d`` in 2D): exact, and simpler than
+      interpolating it. Only a table that is not sin-cos (learned weights loaded from MONAI) is
+      interpolated, trilinearly.
     """
+    if isinstance(encoder, ViT3D):
+        return _encode_vit3d_any_size(encoder, images, pooling)
     size = tuple(images.shape[-2:])
     if size == tuple(encoder.patch_embed.img_size):
         return encode(encoder, images, pooling)
@@ -57,17 +121,14 @@ def encode_any_size(
         x = torch.cat([*tokens, x], dim=1) + pos
     x = encoder.norm_pre(encoder.patch_drop(encoder.pos_drop(x)))
     x = encoder.norm(encoder.blocks(x))  # (B, prefix + N', D)
-    if pooling == "cls":
-        return x[:, 0]
-    if pooling == "mean":
-        return x[:, encoder.num_prefix_tokens :].mean(dim=1)
-    raise ValueError(f"model.pooling={pooling!r}: use 'mean' or 'cls'")
+    return _pool(encoder, x, pooling)
 
 
 class DINONetwork(nn.Module):
-    """Encoder + DINO head: ``(B, C, H, W)`` at any multiple of the patch size -> ``(B, K)``."""
+    """Encoder + DINO head: ``(B, C, H, W)`` (or ``(B, C, D, H, W)`` for a ViT3D) at any multiple
+    of the patch size -> ``(B, K)``."""
 
-    def __init__(self, encoder: VisionTransformer, head: DINOHead, pooling: str = "mean"):
+    def __init__(self, encoder: Encoder, head: DINOHead, pooling: str = "mean"):
         super().__init__()
         self.encoder, self.head, self.pooling = encoder, head, pooling
 
@@ -76,11 +137,12 @@ class DINONetwork(nn.Module):
 
 
 class DINO(nn.Module):
-    """DINO objective. ``forward({"image": (B, C, H, W)})`` -> ``{"loss", "loss_dino",
-    "teacher_entropy", "ema_momentum"}``; call :meth:`on_step_end` after each optimiser step.
+    """DINO objective. ``forward({"image": (B, C, H, W) or (B, C, D, H, W)})`` -> ``{"loss",
+    "loss_dino", "teacher_entropy", "ema_momentum"}``; call :meth:`on_step_end` after each
+    optimiser step.
 
     Args:
-        encoder: the student's timm ViT (the teacher is a deep copy made here).
+        encoder: the student's timm ViT or medfm ViT3D (the teacher is a deep copy made here).
         out_dim, hidden_dim, bottleneck_dim: :class:`~medfm.ssl.heads.DINOHead` sizes.
         n_local: local crops per sample (ignored when ``views`` is given).
         teacher_temp, student_temp, center_momentum: :class:`~medfm.ssl.losses.DINOLoss`.
@@ -93,7 +155,7 @@ class DINO(nn.Module):
 
     def __init__(
         self,
-        encoder: VisionTransformer,
+        encoder: Encoder,
         out_dim: int = 1024,
         n_local: int = 4,
         teacher_temp: float = 0.04,
@@ -109,7 +171,7 @@ class DINO(nn.Module):
     ) -> None:
         super().__init__()
         size = tuple(encoder.patch_embed.img_size)
-        self.views = views or MultiCrop(size, (size[0] // 2, size[1] // 2), n_local)
+        self.views = views or MultiCrop(size, tuple(s // 2 for s in size), n_local)
         head = DINOHead(encoder.embed_dim, out_dim, hidden_dim, bottleneck_dim)
         self.student = DINONetwork(encoder, head, pooling)
         self.teacher = EMATeacher(self.student)
@@ -119,7 +181,7 @@ class DINO(nn.Module):
         self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
 
     @property
-    def encoder(self) -> VisionTransformer:
+    def encoder(self) -> Encoder:
         return self.student.encoder
 
     def current_momentum(self) -> float:
@@ -130,7 +192,7 @@ class DINO(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         crops = self.views(batch["image"])
         n_global = 2
-        global_crops = torch.cat(crops[:n_global])  # (2B, C, H, W)
+        global_crops = torch.cat(crops[:n_global])  # (2B, C, [D,] H, W)
         teacher_out = self.teacher(global_crops).chunk(n_global)  # 2 x (B, K)
         student_out = list(self.student(global_crops).chunk(n_global))
         if len(crops) > n_global:

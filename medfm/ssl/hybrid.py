@@ -4,7 +4,8 @@
 ``loss = weight_mim * loss_mae + weight_contrastive * loss_contrastive``, where ``loss_mae`` is
 :class:`~medfm.ssl.mae.MAE` on the (un-augmented) batch and ``loss_contrastive`` is
 :func:`~medfm.ssl.losses.info_nce` on projected pooled features of two augmented views, both
-through the same encoder. With ``weight_contrastive=0`` the gradient is MAE's.
+through the same encoder. With ``weight_contrastive=0`` the gradient is MAE's. Works on 2D images
+with a timm ViT and on 3D volumes (and, unified, 2D images) with a medfm ``ViT3D``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from medfm.models.backbones import encode
+from medfm.models.vit3d import ViT3D
 from medfm.ssl.heads import ProjectionHead
 from medfm.ssl.losses import info_nce
 from medfm.ssl.mae import MAE
@@ -24,11 +26,11 @@ from medfm.ssl.simclr import default_views
 
 
 class Hybrid(nn.Module):
-    """``forward({"image": (B, C, H, W)})`` -> ``{"loss", "loss_contrastive"}`` plus MAE's
+    """``forward({"image": (B, C, [D,] H, W)})`` -> ``{"loss", "loss_contrastive"}`` plus MAE's
     detached terms (``loss_mae``, ``mask_fraction``, ...); all but ``loss`` detached.
 
     Args:
-        encoder: the timm ViT shared by both terms (held once, as ``self.mae.encoder``).
+        encoder: the timm ViT or ViT3D shared by both terms (held once, as ``self.mae.encoder``).
         mae_kwargs: keyword arguments of :class:`~medfm.ssl.mae.MAE` (``mask_ratio``, ...).
         contrastive_kwargs: ``proj_dim`` (128), ``hidden_dim`` (512), ``temperature`` (0.2),
             ``views`` (default :func:`~medfm.ssl.simclr.default_views`), ``pooling`` ("mean").
@@ -37,7 +39,7 @@ class Hybrid(nn.Module):
 
     def __init__(
         self,
-        encoder: VisionTransformer,
+        encoder: VisionTransformer | ViT3D,
         mae_kwargs: Mapping[str, Any] | None = None,
         contrastive_kwargs: Mapping[str, Any] | None = None,
         weight_mim: float = 1.0,
@@ -63,7 +65,7 @@ class Hybrid(nn.Module):
         self.weight_mim, self.weight_contrastive = weight_mim, weight_contrastive
 
     @property
-    def encoder(self) -> VisionTransformer:
+    def encoder(self) -> VisionTransformer | ViT3D:
         return self.mae.encoder
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from medfm.models.vit3d import ViT3D
 from medfm.ssl.losses import metadata_weighted_info_nce
 from medfm.ssl.simclr import SimCLR
 
 
 class MetadataContrastive(SimCLR):
-    """``forward({"image": (B, C, H, W), meta_key: (B,) float})`` -> ``{"loss",
+    """``forward({"image": (B, C, [D,] H, W), meta_key: (B,) float})`` -> ``{"loss",
     "loss_contrastive"}`` with :func:`~medfm.ssl.losses.metadata_weighted_info_nce`.
 
     ``sigma`` is in the metadata's units (e.g. years); standardise the metadata first to use
@@ -21,7 +22,7 @@ class MetadataContrastive(SimCLR):
 
     def __init__(
         self,
-        encoder: VisionTransformer,
+        encoder: VisionTransformer | ViT3D,
         proj_dim: int = 128,
         temperature: float = 0.2,
         sigma: float = 1.0,

@@ -1,9 +1,11 @@
 """Self-supervised objectives by name: ``ssl.objective`` -> an ``nn.Module`` ``batch -> dict``.
 
 Every objective maps ``{"image": (B, C, H, W) in [0, 1], ...}`` to a dict with ``loss`` and
-detached 0-dim terms; ``mae`` also takes 3D volumes, the others need a 2D timm ViT. Those with an
-EMA teacher (``dino``) also have ``on_step_end()``, which the training loop calls after each
-optimiser step.
+detached 0-dim terms. Every one works with a 2D timm ViT (``model.name=vit_*``) on images and with
+a medfm :class:`~medfm.models.vit3d.ViT3D` on volumes ``(B, C, D, H, W)`` (``vit3d_*``), or on
+both volumes and 2D images (``unified_*``); the contrastive ones make their views in 3D for
+volumes (:mod:`medfm.ssl.views`). Those with an EMA teacher (``dino``) also have
+``on_step_end()``, which the training loop calls after each optimiser step.
 
 Example:
     >>> from medfm.config import load_config
@@ -23,6 +25,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from medfm.config import ConfigError
+from medfm.models.vit3d import ViT3D
 from medfm.registry import Registry
 from medfm.ssl.dino import DINO
 from medfm.ssl.hybrid import Hybrid
@@ -31,7 +34,8 @@ from medfm.ssl.metadata import MetadataContrastive
 from medfm.ssl.simclr import SimCLR
 from medfm.ssl.views import MultiCrop, TwoViews
 
-ObjectiveFactory = Callable[[nn.Module, Mapping[str, Any], str], nn.Module]
+Encoder = VisionTransformer | ViT3D
+ObjectiveFactory = Callable[[Encoder, Mapping[str, Any], str], nn.Module]
 OBJECTIVES: Registry[ObjectiveFactory] = Registry("ssl objective")
 
 
@@ -59,12 +63,12 @@ def _augment_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _two_views(encoder: VisionTransformer, cfg: Mapping[str, Any]) -> TwoViews:
+def _two_views(encoder: Encoder, cfg: Mapping[str, Any]) -> TwoViews:
     size = tuple(encoder.patch_embed.img_size)
     return TwoViews(size, scale=_pair(cfg, "crop_scale"), **_augment_kwargs(cfg))
 
 
-def _multi_crop(encoder: VisionTransformer, cfg: Mapping[str, Any]) -> MultiCrop:
+def _multi_crop(encoder: Encoder, cfg: Mapping[str, Any]) -> MultiCrop:
     size = tuple(encoder.patch_embed.img_size)
     local, patch = int(cfg["local_crop_size"]), encoder.patch_embed.patch_size[0]
     if local % patch or not 0 < local <= min(size):
@@ -83,12 +87,12 @@ def _multi_crop(encoder: VisionTransformer, cfg: Mapping[str, Any]) -> MultiCrop
 
 
 @OBJECTIVES.register("mae")
-def _mae(encoder: nn.Module, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
+def _mae(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
     return MAE(encoder, **mae_kwargs(cfg))
 
 
 @OBJECTIVES.register("simclr")
-def _simclr(encoder: VisionTransformer, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
+def _simclr(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
     return SimCLR(
         encoder,
         proj_dim=int(cfg["proj_dim"]),
@@ -100,7 +104,7 @@ def _simclr(encoder: VisionTransformer, cfg: Mapping[str, Any], pooling: str) ->
 
 
 @OBJECTIVES.register("dino")
-def _dino(encoder: VisionTransformer, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
+def _dino(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
     steps = cfg["ema_schedule_steps"]
     return DINO(
         encoder,
@@ -120,7 +124,7 @@ def _dino(encoder: VisionTransformer, cfg: Mapping[str, Any], pooling: str) -> n
 
 
 @OBJECTIVES.register("hybrid")
-def _hybrid(encoder: VisionTransformer, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
+def _hybrid(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
     return Hybrid(
         encoder,
         mae_kwargs=mae_kwargs(cfg),
@@ -137,7 +141,7 @@ def _hybrid(encoder: VisionTransformer, cfg: Mapping[str, Any], pooling: str) ->
 
 
 @OBJECTIVES.register("metadata")
-def _metadata(encoder: VisionTransformer, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
+def _metadata(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
     return MetadataContrastive(
         encoder,
         proj_dim=int(cfg["proj_dim"]),
@@ -151,12 +155,13 @@ def _metadata(encoder: VisionTransformer, cfg: Mapping[str, Any], pooling: str) 
 
 
 def build_objective(
-    encoder: VisionTransformer, ssl_cfg: Mapping[str, Any], pooling: str = "mean"
+    encoder: Encoder, ssl_cfg: Mapping[str, Any], pooling: str = "mean"
 ) -> nn.Module:
     """The objective named by ``ssl.objective``, configured by the other ``ssl.*`` keys.
 
     Args:
-        encoder: the timm ViT to train (kept by reference; the objective trains it in place).
+        encoder: the timm ViT or medfm ViT3D to train (kept by reference; the objective trains it
+            in place); for the contrastive objectives anything else raises a ``ConfigError``.
         ssl_cfg: the ``ssl`` section of the config (see ``medfm.config.DEFAULTS["ssl"]``).
         pooling: ``model.pooling`` for the contrastive objectives' pooled features.
     """
@@ -165,9 +170,10 @@ def build_objective(
         raise ConfigError(
             f"ssl.objective={name!r} is not available; use one of {', '.join(OBJECTIVES.names())}"
         )
-    if name != "mae" and not isinstance(encoder, VisionTransformer):
+    if name != "mae" and not isinstance(encoder, VisionTransformer | ViT3D):
         raise ConfigError(
-            f"ssl.objective={name!r} makes 2D views and needs a 2D timm ViT (model.name=vit_*), "
-            f"got {type(encoder).__name__}; use ssl.objective=mae for vit3d_* / unified_* models"
+            f"ssl.objective={name!r} needs a timm ViT (model.name=vit_*) or a medfm ViT3D "
+            f"(model.name=vit3d_* / unified_*), got {type(encoder).__name__}; build the encoder "
+            "with medfm.models.build_backbone"
         )
     return OBJECTIVES.get(name)(encoder, ssl_cfg, pooling)

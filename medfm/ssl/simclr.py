@@ -1,5 +1,7 @@
 """SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
-Representations"): two augmented views, pooled encoder features, an MLP projection, NT-Xent."""
+Representations"): two augmented views, pooled encoder features, an MLP projection, NT-Xent.
+Works on 2D images with a timm ViT and on 3D volumes (and, unified, 2D images) with a medfm
+:class:`~medfm.models.vit3d.ViT3D`."""
 
 from __future__ import annotations
 
@@ -8,18 +10,20 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from medfm.models.backbones import encode
+from medfm.models.vit3d import ViT3D
 from medfm.ssl.heads import ProjectionHead
 from medfm.ssl.losses import info_nce
 from medfm.ssl.views import TwoViews
 
 
-def default_views(encoder: VisionTransformer) -> TwoViews:
-    """:class:`~medfm.ssl.views.TwoViews` at the encoder's input size, default augmentations."""
+def default_views(encoder: VisionTransformer | ViT3D) -> TwoViews:
+    """:class:`~medfm.ssl.views.TwoViews` at the encoder's input size (``(h, w)`` or
+    ``(d, h, w)``), default augmentations."""
     return TwoViews(tuple(encoder.patch_embed.img_size))
 
 
 class SimCLR(nn.Module):
-    """``forward({"image": (B, C, H, W)})`` -> ``{"loss", "loss_contrastive"}``.
+    """``forward({"image": (B, C, H, W) or (B, C, D, H, W)})`` -> ``{"loss", "loss_contrastive"}``.
 
     Both views go through the encoder and the projector as one ``2B`` batch, so the projector's
     BatchNorm sees both. ``views`` is a callable ``images -> (view1, view2)`` whose views have the
@@ -28,7 +32,7 @@ class SimCLR(nn.Module):
 
     def __init__(
         self,
-        encoder: VisionTransformer,
+        encoder: VisionTransformer | ViT3D,
         proj_dim: int = 128,
         temperature: float = 0.2,
         views=None,

@@ -1,11 +1,17 @@
 """Batched random augmentations that make the views of contrastive objectives.
 
-Everything works on a batch ``(B, C, H, W)`` of images in [0, 1] (C = 1 grey-scale or 3 RGB) and
-draws one set of parameters per sample, vectorised: crops and flips are one
-``torch.nn.functional.grid_sample`` with per-sample affine grids, blur is one grouped convolution
-with per-sample kernels. Random numbers come from the *global* torch RNG and are drawn on the CPU
+Everything works on a batch ``(B, C, H, W)`` of images or ``(B, C, D, H, W)`` of volumes in
+[0, 1] (C = 1 grey-scale or 3 RGB) and draws one set of parameters per sample, vectorised: crops
+and flips are one ``torch.nn.functional.grid_sample`` with per-sample affine grids (``(B, 2, 3)``
+thetas in 2D, ``(B, 3, 4)`` in 3D, trilinear), blur is one grouped convolution per axis with
+per-sample kernels. Random numbers come from the *global* torch RNG and are drawn on the CPU
 (then moved to the images' device), so ``torch.manual_seed`` fixes the views and a run resumed
-from a checkpoint's saved CPU RNG state replays them.
+from a checkpoint's saved CPU RNG state replays them. Volumes take their own crop branch
+(:func:`crop_flip_theta_3d`); the draws for 2D batches are the same, in number and order, as
+before volumes were supported.
+
+A view ``size`` is an int (a square or a cube), ``(h, w)`` or ``(d, h, w)``; a 2D batch given a
+3D size uses its last two entries, so one size serves a unified 2D + 3D encoder.
 
 The recipe follows SimCLR (Chen et al. 2020) and DINO (Caron et al. 2021) with the colour jitter
 replaced by grey-scale friendly intensity changes: brightness (a window-level shift), contrast
@@ -17,6 +23,8 @@ Example:
     >>> v1, v2 = views(torch.rand(4, 1, 32, 32))
     >>> v1.shape
     torch.Size([4, 1, 16, 16])
+    >>> TwoViews((8, 16, 16))(torch.rand(2, 1, 16, 32, 32))[0].shape
+    torch.Size([2, 1, 8, 16, 16])
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import torch.nn.functional as F
 
 from medfm.data.random_fields import RandFieldIntensity
 
-Size = int | tuple[int, int]
+Size = int | tuple[int, int] | tuple[int, int, int]
 
 
 def _uniform(n: int, low: float, high: float) -> torch.Tensor:
@@ -43,8 +51,25 @@ def _coin(n: int, prob: float) -> torch.Tensor:
     return torch.rand(n) < prob
 
 
-def _pair(size: Size) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+def _spatial_size(size: Size, spatial_dims: int) -> tuple[int, ...]:
+    """A view size for ``spatial_dims`` (2 or 3) axes: an int repeated, ``(h, w)`` or
+    ``(d, h, w)``; a 3D size for a 2D batch gives its ``(h, w)``."""
+    if isinstance(size, int):
+        return (int(size),) * spatial_dims
+    sides = tuple(int(s) for s in size)
+    if len(sides) == 3 and spatial_dims == 2:
+        return sides[1:]
+    if len(sides) != spatial_dims:
+        raise ValueError(
+            f"view size {sides} does not fit a {spatial_dims}D batch; use an int or "
+            f"{spatial_dims} sides"
+        )
+    return sides
+
+
+def _broadcastable(t: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``(B,)`` -> ``(B, 1, ..., 1)`` on ``images``' device, to broadcast against it."""
+    return t.to(images.device).view((-1,) + (1,) * (images.ndim - 1))
 
 
 def crop_flip_theta(
@@ -76,6 +101,39 @@ def crop_flip_theta(
     return theta
 
 
+def crop_flip_theta_3d(
+    n: int,
+    in_dhw: tuple[int, int, int],
+    scale: Sequence[float] = (0.4, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    flip_prob: float = 0.5,
+) -> torch.Tensor:
+    """Per-sample affine matrices ``(n, 3, 4)`` for a 5-D ``F.affine_grid`` (random resized crop
+    of a volume + flip).
+
+    :func:`crop_flip_theta` in 3D: the crop covers a fraction ``U(scale)`` of the volume, its
+    width : height and depth : height ratios are independently log-uniform in ``ratio``
+    (in voxels), sides longer than the volume are clipped to it, the crop lies inside the volume,
+    and ``flip_prob`` mirrors it along W (the last axis, as the 2D flip). Rows of theta act on
+    ``grid_sample``'s ``(x, y, z) = (W, H, D)`` coordinates.
+    """
+    d, h, w = in_dhw
+    volume = _uniform(n, *scale)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect_w = _uniform(n, log_lo, log_hi).exp()  # crop width / crop height
+    aspect_d = _uniform(n, log_lo, log_hi).exp()  # crop depth / crop height
+    side_h = (volume * d * h * w / (aspect_w * aspect_d)).pow(1 / 3)  # voxels
+    fw = (aspect_w * side_h / w).clamp(max=1.0)
+    fh = (side_h / h).clamp(max=1.0)
+    fd = (aspect_d * side_h / d).clamp(max=1.0)
+    centre = (2 * torch.rand(n, 3) - 1) * (1 - torch.stack([fw, fh, fd], dim=1))  # (x, y, z)
+    sign = torch.where(_coin(n, flip_prob), -1.0, 1.0)
+    theta = torch.zeros(n, 3, 4)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, 2, 2] = fw * sign, fh, fd
+    theta[:, :, 3] = centre
+    return theta
+
+
 def random_resized_crop(
     images: torch.Tensor,
     size: Size,
@@ -84,11 +142,19 @@ def random_resized_crop(
     flip_prob: float = 0.5,
 ) -> torch.Tensor:
     """``(B, C, H, W)`` -> ``(B, C, size, size)``: a random crop per sample, resized (bilinear)
-    and horizontally flipped with probability ``flip_prob``; see :func:`crop_flip_theta`."""
+    and horizontally flipped with probability ``flip_prob``; see :func:`crop_flip_theta`.
+
+    ``(B, C, D, H, W)`` -> ``(B, C, size, size, size)`` (or ``size = (d, h, w)``): the same in 3D,
+    trilinear, flipped along W; see :func:`crop_flip_theta_3d`.
+    """
     b, c = images.shape[:2]
-    theta = crop_flip_theta(b, tuple(images.shape[-2:]), scale, ratio, flip_prob)
+    if images.ndim == 5:
+        theta = crop_flip_theta_3d(b, tuple(images.shape[-3:]), scale, ratio, flip_prob)
+    else:
+        theta = crop_flip_theta(b, tuple(images.shape[-2:]), scale, ratio, flip_prob)
     theta = theta.to(device=images.device, dtype=images.dtype)
-    grid = F.affine_grid(theta, [b, c, *_pair(size)], align_corners=False)
+    out_size = [b, c, *_spatial_size(size, images.ndim - 2)]
+    grid = F.affine_grid(theta, out_size, align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -131,18 +197,41 @@ def random_intensity_jitter(
     return adjust_intensity(images, shift, factor, exponent)
 
 
-def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Blur each sample with its own Gaussian of std ``sigma`` ``(B,)`` pixels (> 0).
-
-    Separable, replicate padding, kernel radius ``ceil(3 * max(sigma))``; one grouped
-    convolution per axis for the whole batch.
-    """
-    b, c, h, w = images.shape
+def _gaussian_kernels(
+    sigma: torch.Tensor, channels: int, images: torch.Tensor
+) -> tuple[torch.Tensor, int]:
+    """Normalised 1D kernels ``(B * C, 2r + 1)`` for std ``sigma`` ``(B,)``, and the radius r."""
     sigma = sigma.to(device=images.device, dtype=images.dtype).clamp(min=1e-3)
     radius = max(1, math.ceil(3 * float(sigma.max())))
     offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
     kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2)  # (B, k)
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (B*C, k)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)
+    return kernel, radius
+
+
+def _gaussian_blur_3d(volumes: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """:func:`gaussian_blur` of ``(B, C, D, H, W)``: one grouped ``conv3d`` per axis."""
+    b, c, d, h, w = volumes.shape
+    kernel, r = _gaussian_kernels(sigma, c, volumes)  # (B*C, k)
+    k = kernel.shape[1]
+    x = volumes.reshape(1, b * c, d, h, w)
+    for axis, pad in enumerate(((0, 0, 0, 0, r, r), (0, 0, r, r, 0, 0), (r, r, 0, 0, 0, 0))):
+        shape = [b * c, 1, 1, 1, 1]
+        shape[2 + axis] = k
+        x = F.conv3d(F.pad(x, pad, mode="replicate"), kernel.reshape(shape), groups=b * c)
+    return x.reshape(b, c, d, h, w)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each sample with its own Gaussian of std ``sigma`` ``(B,)`` pixels (> 0).
+
+    Separable, replicate padding, kernel radius ``ceil(3 * max(sigma))``; one grouped
+    convolution per axis for the whole batch. Takes ``(B, C, H, W)`` or ``(B, C, D, H, W)``.
+    """
+    if images.ndim == 5:
+        return _gaussian_blur_3d(images, sigma)
+    b, c, h, w = images.shape
+    kernel, radius = _gaussian_kernels(sigma, c, images)  # (B*C, k)
     x = images.reshape(1, b * c, h, w)
     x = F.pad(x, (0, 0, radius, radius), mode="replicate")
     x = F.conv2d(x, kernel[:, None, :, None], groups=b * c)
@@ -161,7 +250,7 @@ def random_gaussian_blur(
     if not apply.any():
         return images
     blurred = gaussian_blur(images, sigmas)
-    return torch.where(apply.to(images.device).view(-1, 1, 1, 1), blurred, images)
+    return torch.where(_broadcastable(apply, images), blurred, images)
 
 
 def random_gaussian_noise(
@@ -170,7 +259,7 @@ def random_gaussian_noise(
     """With probability ``prob`` per sample, add white noise of std ``U(0, std)``."""
     b = images.shape[0]
     scale = _uniform(b, 0.0, std) * _coin(b, prob).float()
-    noise = torch.randn(images.shape) * scale.view(-1, 1, 1, 1)
+    noise = torch.randn(images.shape) * scale.view((-1,) + (1,) * (images.ndim - 1))
     return images + noise.to(device=images.device, dtype=images.dtype)
 
 
@@ -189,13 +278,14 @@ def random_field_intensity(
 @dataclasses.dataclass
 class Augment:
     """One random view per sample: crop + flip -> random field -> intensity jitter -> blur ->
-    noise -> clip to [0, 1]. Call with ``(B, C, H, W)``, get ``(B, C, size, size)``.
+    noise -> clip to [0, 1]. Call with ``(B, C, H, W)``, get ``(B, C, size, size)``; or with
+    ``(B, C, D, H, W)``, get ``(B, C, size, size, size)``.
 
     Args:
-        size: output side (or ``(h, w)``).
+        size: output side, ``(h, w)`` or ``(d, h, w)`` (a 2D batch uses the last two).
         scale, ratio, flip_prob: :func:`random_resized_crop`.
         brightness, contrast, gamma, jitter_prob: :func:`random_intensity_jitter`.
-        blur_sigma, blur_prob: :func:`random_gaussian_blur` (sigma in output pixels).
+        blur_sigma, blur_prob: :func:`random_gaussian_blur` (sigma in output pixels/voxels).
         noise_std, noise_prob: :func:`random_gaussian_noise`.
         random_field_strength, random_field_length_scale: :func:`random_field_intensity`
             (0 = off).
@@ -217,8 +307,11 @@ class Augment:
     random_field_length_scale: float = 8.0
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4:
-            raise ValueError(f"views need a (B, C, H, W) batch, got shape {tuple(images.shape)}")
+        if images.ndim not in (4, 5):
+            raise ValueError(
+                "views need a (B, C, H, W) or (B, C, D, H, W) batch, got shape "
+                f"{tuple(images.shape)}"
+            )
         x = random_resized_crop(images, self.size, self.scale, self.ratio, self.flip_prob)
         x = random_field_intensity(x, self.random_field_strength, self.random_field_length_scale)
         x = random_intensity_jitter(x, self.brightness, self.contrast, self.gamma, self.jitter_prob)
@@ -231,7 +324,8 @@ class TwoViews:
     """Two independent :class:`Augment` views of a batch (SimCLR). Keyword arguments go to
     :class:`Augment`.
 
-    ``TwoViews(size)(images)`` -> ``(view1, view2)``, each ``(B, C, size, size)``.
+    ``TwoViews(size)(images)`` -> ``(view1, view2)``, each ``(B, C, size, size)`` (or
+    ``(B, C, size, size, size)`` for volumes).
     """
 
     def __init__(self, size: Size, scale: Sequence[float] = (0.4, 1.0), **augment) -> None:
@@ -247,8 +341,9 @@ class TwoViews:
 class MultiCrop:
     """Multi-crop views (Caron et al. 2020/2021): 2 global crops then ``n_local`` small ones.
 
-    ``MultiCrop(32, 16, 4)(images)`` -> list of 2 ``(B, C, 32, 32)`` then 4 ``(B, C, 16, 16)``.
-    Global crops cover ``global_scale`` of the image area, local ones ``local_scale``. Keyword
+    ``MultiCrop(32, 16, 4)(images)`` -> list of 2 ``(B, C, 32, 32)`` then 4 ``(B, C, 16, 16)``;
+    on volumes 2 ``(B, C, 32, 32, 32)`` then 4 ``(B, C, 16, 16, 16)``. Global crops cover
+    ``global_scale`` of the image area (volume in 3D), local ones ``local_scale``. Keyword
     arguments go to both :class:`Augment` instances.
     """
 

@@ -325,6 +325,11 @@ def test_real_dicom_files_accepted(real_ingested, real_files):
         assert rows[name]["patient"].startswith("pat-")
         text = Path(result.manifest).read_text()
         assert str(ds.PatientID) not in text and str(ds.PatientName) not in text
+        for path in Path(result.manifest).parent.rglob("*"):  # no file in the output directory
+            if path.is_file():
+                data = path.read_bytes()
+                assert str(ds.PatientID).encode() not in data, path
+                assert str(ds.PatientName).encode() not in data, path
         if ds.get("InstitutionName"):
             assert str(ds.InstitutionName) not in text
             assert rows[name]["center"].startswith("c-")
