@@ -64,8 +64,8 @@ def test_unknown_objective_and_bad_local_crop_name_the_key():
         _build("byol")
     with pytest.raises(ConfigError, match=r"ssl\.local_crop_size=6"):
         _build("dino", extra=["ssl.local_crop_size=6"])
-    with pytest.raises(ConfigError, match=r"needs a 2D timm ViT"):
-        _build("simclr", extra=["model.name=vit3d_tiny"])
+    with pytest.raises(ConfigError, match=r"needs a timm ViT"):
+        build_objective(torch.nn.Linear(2, 2), load_config(None, ["ssl.objective=simclr"]).ssl)
 
 
 def test_metadata_objective_needs_meta_in_the_batch():
