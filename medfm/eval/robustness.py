@@ -15,47 +15,30 @@ patient, are excluded; ties are broken by the lower index, so results do not dep
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-
-def _normalize(x: np.ndarray) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    return t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
+from medfm.eval.knn import knn_search
 
 
 def nearest_neighbours(
-    embeddings: np.ndarray, k: int, groups: np.ndarray | None = None, chunk: int = 2048
+    embeddings: np.ndarray,
+    k: int,
+    groups: np.ndarray | None = None,
+    chunk: int = 2048,
+    *,
+    backend: str = "auto",
 ) -> np.ndarray:
     """``(n, k)`` indices of each sample's k most cosine-similar others, excluding its group.
 
-    Computed in row chunks so memory is ``O(chunk * n)``. Ties go to the lower index (a stable sort
-    of the similarities), so the result does not depend on the hardware or the order of ties.
+    Exact search in row chunks, so memory is ``O(chunk * n)`` (see :mod:`medfm.eval.knn`). Ties go
+    to the lower index, so the result does not depend on the hardware, the chunk size, the
+    backend or the order of ties. ``backend`` is ``"auto"`` (faiss when installed, else torch),
+    ``"torch"`` or ``"faiss"``; both return the same neighbours.
+
+    Raises:
+        ValueError: for NaN/Inf embeddings, ``k >= n``, or ``k`` above the number of samples
+            outside some sample's group.
     """
-    x = _normalize(embeddings)
-    n = len(x)
-    if k >= n:
-        raise ValueError(f"k={k} must be smaller than the number of samples ({n})")
-    group_ids = (
-        None
-        if groups is None
-        else torch.as_tensor(np.unique(np.asarray(groups), return_inverse=True)[1])
-    )
-    out = np.empty((n, k), dtype=np.int64)
-    for start in range(0, n, chunk):
-        rows = torch.arange(start, min(start + chunk, n))
-        sims = x[rows] @ x.T  # (chunk, n)
-        sims[torch.arange(len(rows)), rows] = -torch.inf
-        if group_ids is not None:
-            sims[group_ids[rows, None] == group_ids[None, :]] = -torch.inf
-        top = torch.sort(sims, dim=1, descending=True, stable=True)
-        if torch.isinf(top.values[:, k - 1]).any():
-            raise ValueError(
-                f"k={k} exceeds the number of eligible neighbours (samples outside the same "
-                "group) for some samples; lower k"
-            )
-        order = top.indices[:, :k]
-        out[start : start + len(rows)] = order.numpy()
-    return out
+    return knn_search(embeddings, k, groups, chunk=chunk, backend=backend)[0]
 
 
 def neighbour_counts(neighbours: np.ndarray, bio: np.ndarray, center: np.ndarray) -> dict[str, int]:
@@ -91,16 +74,55 @@ def robustness_index(
         >>> emb = np.array([[1, 0], [1, .1], [0, 1], [.1, 1]])
         >>> robustness_index(emb, bio=[0, 0, 1, 1], center=[0, 1, 0, 1], k=1)
         inf
+
+    Raises:
+        ValueError: for an unknown ``variant``; ``embeddings``, ``bio``, ``center`` of different
+            lengths; a single center or a single class (the index is then meaningless); NaN/Inf
+            embeddings; ``k >= n`` or ``k`` above the samples outside some sample's group.
     """
-    if len(embeddings) != len(bio) or len(bio) != len(center):
-        raise ValueError(
-            f"embeddings ({len(embeddings)}), bio ({len(bio)}) and center "
-            f"({len(center)}) must have the same length"
-        )
+    _check_variant(variant)
+    bio, center = _check_labels(embeddings, bio, center)
     counts = neighbour_counts(nearest_neighbours(embeddings, k, groups), bio, center)
+    return index_from_counts(counts, variant)
+
+
+def index_from_counts(counts: dict[str, int], variant: str = "ratio") -> float:
+    """The robustness index from :func:`neighbour_counts` (``inf`` / ``nan`` when undefined)."""
     if variant == "ratio":
         return counts["same_bio"] / counts["same_center"] if counts["same_center"] else float("inf")
     if variant == "normalized":
         denom = counts["SO"] + counts["OS"]
         return counts["SO"] / denom if denom else float("nan")
     raise ValueError(f"variant={variant!r}: use 'ratio' or 'normalized'")
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in ("ratio", "normalized"):
+        raise ValueError(f"variant={variant!r}: use 'ratio' or 'normalized'")
+
+
+def _check_labels(
+    embeddings, bio, center=None, *, bio_name: str = "bio"
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``bio`` (and ``center``) as 1-D arrays, one per row of ``embeddings``, each with at least
+    two distinct values: the index compares same- with other-class and -center neighbours."""
+    n = len(embeddings)
+    bio = np.asarray(bio)
+    center = None if center is None else np.asarray(center)
+    lengths = {"embeddings": n, bio_name: len(bio)}
+    if center is not None:
+        lengths["center"] = len(center)
+    if len(set(lengths.values())) > 1 or bio.ndim != 1 or (center is not None and center.ndim != 1):
+        names = ", ".join(f"{name} ({size})" for name, size in lengths.items())
+        raise ValueError(f"{names} must have the same length; pass one 1-D label per embedding row")
+    checks = ((bio_name, bio, "classes"), ("center", center, "centers"))
+    for name, values, what in checks:
+        if values is not None and len(np.unique(values)) < 2:
+            if not len(values):
+                raise ValueError(f"{name} is empty; pass the labels of at least two samples")
+            only = values[0].item() if isinstance(values[0], np.generic) else values[0]
+            raise ValueError(
+                f"{name} has a single value ({only!r} for all {n} samples); the "
+                f"robustness analyses compare neighbours across {what} and need at least two"
+            )
+    return bio, center

@@ -58,7 +58,7 @@ def make_monitor(
         encoder.train(was_training)
         head = KNNHead(ks=(20,)).fit(f_ref, y_ref)
         out = {"knn_acc": float(np.mean(head.predict(f_held) == y_held))}
-        if (centers != "").all() and len(set(centers)) > 1:
+        if (centers != "").all() and len(set(centers)) > 1 and len(set(y_held)) > 1:
             k = min(
                 int(cfg.robustness.k),
                 len(heldout) - 1 - np.bincount(np.unique(groups, return_inverse=True)[1]).max() + 1,
