@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.run(args) or 0)
