@@ -126,6 +126,41 @@ def _series_row(ordered, shape, salt, center, root, folder_counts) -> dict:
         "study": pseudonymize(fields.get("StudyInstanceUID", ""), salt, "st"),
         "series": pseudonymize(fields.get("SeriesInstanceUID", ""), salt, "se"),
         "center": center_from(center, fields, ordered[0].path, root, salt),
+        **acquisition_columns(fields, salt),
+    }
+
+
+def slice_thickness_bin(thickness: str) -> str:
+    """Slice thickness in bins radiologists use: ``<=1mm``, ``1-3mm``, ``3-5mm``, ``>5mm``."""
+    try:
+        mm = float(thickness)
+    except ValueError:
+        return ""
+    for limit, name in ((1.0, "<=1mm"), (3.0, "1-3mm"), (5.0, "3-5mm")):
+        if mm <= limit:
+            return name
+    return ">5mm"
+
+
+def _number(value: str) -> str:
+    try:
+        return f"{float(value):g}"
+    except ValueError:
+        return value
+
+
+def acquisition_columns(fields: dict[str, str], salt: bytes) -> dict[str, str]:
+    """DICOM-derived confounders an auditor may use as the center (``--center-column``).
+
+    The institution appears only as a pseudonym; manufacturer, scanner model, kVp and slice
+    thickness are device settings, not PHI.
+    """
+    return {
+        "institution": pseudonymize(fields.get("InstitutionName", ""), salt, "c"),
+        "manufacturer": fields.get("Manufacturer", ""),
+        "scanner_model": fields.get("ManufacturerModelName", ""),
+        "kvp": _number(fields.get("KVP", "")),
+        "slice_thickness": slice_thickness_bin(fields.get("SliceThickness", "")),
     }
 
 

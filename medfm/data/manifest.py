@@ -22,6 +22,11 @@ MANIFEST_COLUMNS = (
     "center",
     "label",
     "split",
+    "institution",
+    "manufacturer",
+    "scanner_model",
+    "kvp",
+    "slice_thickness",
 )
 
 

@@ -126,3 +126,25 @@ def _check_labels(
                 f"robustness analyses compare neighbours across {what} and need at least two"
             )
     return bio, center
+
+
+_AUDIT_NAMES = (
+    "select_k",
+    "ri_curve",
+    "bootstrap_ci",
+    "center_vs_bio",
+    "error_attribution",
+    "pair_breakdown",
+    "performance_drop",
+    "leave_one_center_out",
+)
+
+
+def __getattr__(name: str):
+    """The audit analyses (:mod:`medfm.eval.audit`) are reachable from here too, lazily, since
+    ``audit`` itself builds on this module."""
+    if name in _AUDIT_NAMES:
+        from medfm.eval import audit
+
+        return getattr(audit, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
