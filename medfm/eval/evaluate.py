@@ -40,7 +40,9 @@ def _make_head(name: str, eval_cfg: DictConfig):
         raise ValueError(f"eval.heads: unknown head {name!r}; available: {sorted(HEADS)}")
     if name == "linear":
         return LinearProbe(Cs=tuple(eval_cfg.linear_c_grid))
-    return KNNHead(ks=tuple(eval_cfg.knn_k_grid))
+    if name == "knn":
+        return KNNHead(ks=tuple(eval_cfg.knn_k_grid))
+    return HEADS[name]()
 
 
 def evaluate_heads(table: FeatureTable, eval_cfg: DictConfig) -> dict[str, dict[str, float]]:

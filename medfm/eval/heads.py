@@ -95,3 +95,9 @@ class KNNHead(ClassifierMixin, BaseEstimator):
 
 
 HEADS = {"linear": LinearProbe, "knn": KNNHead}
+
+# GDA, prototype and MLP heads live in heads_extra.py (which imports nothing from here); they are
+# registered here so that HEADS names every head.
+from medfm.eval.heads_extra import GDAHead, MLPHead, PrototypeHead  # noqa: E402
+
+HEADS.update({"gda": GDAHead, "prototype": PrototypeHead, "mlp": MLPHead})

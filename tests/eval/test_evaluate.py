@@ -102,8 +102,8 @@ def test_evaluate_heads_needs_train_and_test_splits(eval_cfg, missing):
 
 def test_evaluate_heads_rejects_an_unknown_head(eval_cfg):
     feats, rows = _blob_rows(0)
-    cfg = OmegaConf.merge(eval_cfg, {"heads": ["linear", "gda"]})
-    with pytest.raises(ValueError, match="unknown head 'gda'"):
+    cfg = OmegaConf.merge(eval_cfg, {"heads": ["linear", "svm"]})
+    with pytest.raises(ValueError, match="unknown head 'svm'"):
         evaluate_heads(FeatureTable.from_rows(feats, rows), cfg)
 
 
