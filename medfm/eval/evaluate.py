@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from omegaconf import DictConfig
 
+from medfm.eval.classification_metrics import classification_report
 from medfm.eval.heads import HEADS, KNNHead, LinearProbe
 from medfm.eval.metrics import accuracy, auc
 from medfm.eval.robustness import robustness_index
@@ -61,8 +62,17 @@ def evaluate_heads(table: FeatureTable, eval_cfg: DictConfig) -> dict[str, dict[
         results[str(name)] = {
             "test_auc": auc(y_te, proba, head.classes_),
             "test_acc": accuracy(y_te, head.predict(X_te)),
-        }
+        } | _test_report(table, y_te, proba, head.classes_)
     return results
+
+
+def _test_report(table: FeatureTable, y_te, proba, classes) -> dict:
+    """CI (bootstrap over patients when they repeat), balanced accuracy, F1, ECE, per center."""
+    keep = (table.split == "test") & (table.label != "")
+    groups = table.patient[keep] if (table.patient[keep] != "").all() else None
+    centers = table.center[keep] if (table.center[keep] != "").all() else None
+    report = classification_report(y_te, proba, classes, groups=groups, centers=centers, n_boot=200)
+    return {k: v for k, v in report.items() if k not in ("test_auc", "test_acc")}
 
 
 def evaluate_robustness(table: FeatureTable, k: int) -> dict[str, float]:

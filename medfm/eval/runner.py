@@ -56,7 +56,14 @@ def run_evaluate(
     logger = logger or NullLogger()
     metrics = evaluate_heads(table, cfg.eval)
     path = write_json(metrics, Path(out_dir) / "metrics.json")
-    logger.log_metrics({f"eval/{h}_{m}": v for h, r in metrics.items() for m, v in r.items()})
+    logger.log_metrics(
+        {
+            f"eval/{h}_{m}": v
+            for h, r in metrics.items()
+            for m, v in r.items()
+            if isinstance(v, int | float)
+        }
+    )
     logger.log_artifact(path, "evaluation")
     return metrics
 
