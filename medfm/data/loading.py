@@ -18,10 +18,12 @@ import torch
 from monai.transforms import LoadImage, MapTransform
 
 from medfm.data.dicom_series import (
+    decode_slice,
     is_dicom_file,
     load_series,
     order_slices,
     read_slice_header,
+    stack_slices,
 )
 from medfm.data.medmnist import load_medmnist_image
 
@@ -46,7 +48,8 @@ def load_path(path: str) -> torch.Tensor:
         return torch.as_tensor(load_series([Path(path)])[None])
     if Path(path).is_dir():  # a folder holding one DICOM series, ordered as ingestion did
         headers = [read_slice_header(p) for p in sorted(Path(path).iterdir()) if p.is_file()]
-        return torch.as_tensor(load_series([h.path for h in order_slices(headers)])[None])
+        slices = [decode_slice(h) for h in order_slices(headers)]
+        return torch.as_tensor(stack_slices(slices)[None])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ImageOrientationPatient.*")
         return torch.as_tensor(_monai_loader()(path)).float()

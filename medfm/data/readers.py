@@ -34,7 +34,6 @@ SUFFIX_FORMATS = {
     ".tiff": "tiff",
 }
 MONAI_READERS = {
-    "dicom": "PydicomReader",
     "nifti": "NibabelReader",
     "png": "PILReader",
     "jpeg": "PILReader",

@@ -28,9 +28,10 @@ from sklearn.preprocessing import StandardScaler
 
 from medfm.eval import audit
 from medfm.eval.heads import LinearProbe
+from medfm.eval.knn import knn_search, max_neighbours
 from medfm.eval.plots import pca_2d
 from medfm.eval.report import render_robustness_card
-from medfm.eval.robustness import robustness_index
+from medfm.eval.robustness import index_from_counts, neighbour_counts
 from medfm.eval.runner import write_json
 from medfm.tracking.base import Logger, NullLogger
 
@@ -117,7 +118,7 @@ def average_performance_drop(data: AuditData, seed: int = 0) -> float | None:
 
 
 def _choose_k(data: AuditData, k: int | str) -> int:
-    limit = audit_limit(data)
+    limit = max_neighbours(len(data.bio), data.groups)
     if k == "auto":
         return audit.select_k(
             data.embeddings, data.bio, [g for g in K_GRID if g <= limit], data.groups
@@ -125,33 +126,38 @@ def _choose_k(data: AuditData, k: int | str) -> int:
     return min(int(k), limit)
 
 
-def audit_limit(data: AuditData) -> int:
-    """The largest k every sample can have: n minus the largest group (or minus itself)."""
-    if data.groups is None:
-        return len(data.bio) - 1
-    return len(data.bio) - int(np.unique(data.groups, return_counts=True)[1].max())
-
-
 def audit_encoder(data: AuditData, k: int | str = 10, n_boot: int = 200, seed: int = 0) -> dict:
     """Every robustness measure of one encoder's embeddings, in the robustness-card schema."""
     k = _choose_k(data, k)
     args = (data.embeddings, data.bio, data.center)
-    ks = [g for g in sorted({*K_GRID, k}) if g <= audit_limit(data)]
+    ks = [g for g in sorted({*K_GRID, k}) if g <= max_neighbours(len(data.bio), data.groups)]
     attribution = audit.error_attribution(
         *args, out_of_fold_predictions(data, seed), k, data.groups
     )
+    # one search at the largest k: neighbours at a smaller k are a prefix (ties go to the lower
+    # index), so both indices and both curves come from the same neighbour table
+    neighbours = knn_search(data.embeddings, max(ks), data.groups)[0]
+    curves = {
+        variant: {
+            g: index_from_counts(
+                neighbour_counts(neighbours[:, :g], data.bio, data.center), variant
+            )
+            for g in ks
+        }
+        for variant in ("ratio", "normalized")
+    }
     result = {"k": k, "n": len(data.bio)}
     for variant, key in (
         ("ratio", "robustness_index"),
         ("normalized", "robustness_index_normalized"),
     ):
-        result[key] = robustness_index(*args, k=k, variant=variant, groups=data.groups)
+        result[key] = curves[variant][k]
         result[f"{key}_ci95"] = list(
             audit.bootstrap_ci(*args, k, variant, data.groups, n_boot, seed)
         )
     result |= {
-        "ri_curve": audit.ri_curve(*args, ks, "ratio", data.groups),
-        "ri_curve_normalized": audit.ri_curve(*args, ks, "normalized", data.groups),
+        "ri_curve": curves["ratio"],
+        "ri_curve_normalized": curves["normalized"],
         "center_vs_bio": _center_vs_bio(audit.center_vs_bio(*args, k, data.groups, seed), data),
         "error_attribution": {
             "fraction": attribution["center_attributed"],

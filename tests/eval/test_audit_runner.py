@@ -7,6 +7,7 @@ import pytest
 
 from medfm.cli.main import main
 from medfm.eval.audit_runner import AuditData, chance_level, run_audit
+from medfm.eval.robustness import robustness_index
 
 
 def _clustered(by: str, seed: int = 0, n_per: int = 12):
@@ -44,7 +45,13 @@ def test_run_audit_ranks_a_biology_encoder_above_a_center_encoder(tmp_path):
     assert cvb["center_accuracy"] > cvb["bio_accuracy"]
     assert good["center_vs_bio"]["knn"]["bio_accuracy"] == pytest.approx(1.0)
     assert sorted(good["ri_curve"]) == [5, 10, 20, 50]
-    assert good["ri_curve"][5] == pytest.approx(good["robustness_index"])
+    emb, bio, center, patient = _clustered("bio")
+    for variant, key in (("ratio", "robustness_index"),
+                         ("normalized", "robustness_index_normalized")):
+        direct = robustness_index(emb, bio, center, k=5, variant=variant,
+                                  groups=patient.astype(str))
+        assert good[key] == pytest.approx(direct, rel=1e-12)
+    assert good["ri_curve"][5] == good["robustness_index"]
     saved = json.loads((tmp_path / "robustness.json").read_text())
     assert saved["encoders"]["by_bio"]["k"] == 5
     html = (tmp_path / "report.html").read_text()
