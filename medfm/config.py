@@ -105,12 +105,31 @@ DEFAULTS: dict[str, Any] = {
         "grad_checkpointing": False,  # recompute transformer blocks in backward
         "monitor_every": 0,  # steps between online monitors (0 = off)
         "monitor_metric": "knn_acc",  # keep out_dir/best.pt by this monitor (higher is better)
+        "patience": 0,  # stop after this many monitors without a better monitor_metric (0: off)
     },
     "eval": {
         "heads": ["linear", "knn"],
         "knn_k_grid": [5, 10, 20],
         "linear_c_grid": [0.01, 0.1, 1.0, 10.0],
         "batch_size": 128,
+        "protocols": ["full"],  # full | fewshot:K[,K..] | fraction:F[,F..] | loco
+        "seeds": 1,  # repetitions of resampled protocols (and fine-tuning), as mean ± std
+        "baselines": True,  # random-init twin and raw-pixel logistic regression in each table
+        "bootstrap": 200,  # resamples for the test-AUC 95% CI
+    },
+    "finetune": {  # the finetune head of `medfm evaluate` (and its model soups)
+        "steps": 300,  # optimiser steps at most (early stopping may end sooner)
+        "batch_size": 64,
+        "lr": 5.0e-4,
+        "layer_decay": 0.75,  # layer-wise LR decay (BEiT); 1.0 = none
+        "weight_decay": 0.05,
+        "warmup_steps": 20,
+        "train_blocks": None,  # fine-tune only the last k blocks; null = all
+        "augment": True,  # random resized crop + flip of training batches
+        "eval_every": 25,  # steps between validation-AUC evaluations
+        "patience": 4,  # evaluations without a better val AUC before stopping (0: never)
+        "soup_size": 3,  # fine-tuned members (seeds) averaged by the soup head
+        "progress": False,
     },
     "robustness": {
         "k": 10,

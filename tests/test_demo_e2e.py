@@ -99,13 +99,51 @@ def test_evaluate_and_robustness_commands_on_the_demo_encoder(demo_run, tmp_path
 
     out, summary = demo_run
     encoder, manifest = out / "pretrain", out / "ingest" / "manifest.csv"
-    assert main(["evaluate", "--encoder", str(encoder), "--data", str(manifest), "--out",
-                 str(tmp_path / "eval"), "--no-tracking"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--encoder",
+                str(encoder),
+                "--data",
+                str(manifest),
+                "--out",
+                str(tmp_path / "eval"),
+                "--heads",
+                "linear,knn",
+                "--no-tracking",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["linear"]["test_auc"] == pytest.approx(summary["linear_auc"])
-    assert main(["robustness", "--encoder", str(encoder), "--encoder", f"random:{encoder}",
-                 "--data", str(manifest), "--out", str(tmp_path / "rob"), "--k", "5",
-                 "--bootstrap", "20", "--no-tracking", "--no-progress"]) == 0
+    assert metrics["linear"]["full"]["test_auc"] == pytest.approx(summary["linear_auc"])
+    assert metrics["random:linear"]["full"]["test_auc"] == pytest.approx(
+        summary["random_init_linear_auc"]
+    )
+    assert (
+        main(
+            [
+                "robustness",
+                "--encoder",
+                str(encoder),
+                "--encoder",
+                f"random:{encoder}",
+                "--data",
+                str(manifest),
+                "--out",
+                str(tmp_path / "rob"),
+                "--k",
+                "5",
+                "--bootstrap",
+                "20",
+                "--no-tracking",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "rob" / "robustness.json").read_text())
     assert set(results["encoders"]) == {"pretrain", "random:pretrain"}
     assert (tmp_path / "rob" / "report.html").stat().st_size > 10_000

@@ -3,73 +3,113 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from types import SimpleNamespace
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--encoder",
-        required=True,
-        help="encoder artifact: a pretrain out_dir or its encoder.safetensors; prefix "
-        "with random: for the same architecture at random initialisation",
-    )
-    p.add_argument("--data", required=True, help="manifest.csv (or its folder) with a split column")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="seed (random-init weights)")
-    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="eval.* / robustness.* / tracking.* overrides, e.g. eval.heads=[linear]",
-    )
-
-
-def _features(args: argparse.Namespace):
-    from medfm.config import load_config
-    from medfm.eval.runner import encoder_features
-    from medfm.tracking.base import make_logger
-
-    cfg = load_config(
-        None,
-        [*args.overrides, f"out_dir={args.out}"]
-        + (["tracking.enabled=false"] if args.no_tracking else []),
-    )
-    random_init = args.encoder.startswith("random:")
-    path = args.encoder.removeprefix("random:")
-    table, _ = encoder_features(
-        path,
-        args.data,
-        random_init=random_init,
-        seed=args.seed,
-        batch_size=int(cfg.eval.batch_size),
-    )
-    logger = make_logger(cfg.tracking, args.out, run_name=f"{args.command}")
-    logger.log_params({"encoder": args.encoder, "data": args.data})
-    return table, cfg, logger
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="downstream heads on frozen features: test AUC",
-        description="Extract features of every manifest row, fit each head in eval.heads on the "
-        "train split (hyper-parameters chosen on val) and report test AUC and accuracy "
-        "in OUT/metrics.json.",
+        help="downstream heads, protocols and baselines: test AUC with 95%% CIs",
+        description="Evaluate an encoder downstream. Features of every image (cached, keyed by "
+        "encoder and data) feed each head, fitted on the train split with its hyper-parameter "
+        "chosen on val, under each label-budget protocol and over seeds (mean ± std). Every "
+        "table also holds the same architecture at random initialisation (random:<head>) and "
+        "a logistic regression on raw pixels (pixels:linear), computed in the same run. Writes "
+        "OUT/metrics.json ({head: {protocol: {test_auc, test_auc_ci95, test_acc, test_bacc, "
+        "test_f1, test_ece, per_center}}}), OUT/metrics.md, ROC curves, per-center bars and "
+        "label-efficiency curves, and one nested MLflow run per head and protocol.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    _common(p)
+    p.add_argument(
+        "--encoder",
+        required=True,
+        help="a `medfm pretrain` out_dir (or its encoder.safetensors); random:<out_dir or "
+        "architecture> for random initialisation; timm:<name> with --weights FILE",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="manifest.csv (or its folder) with split and label columns, or a MedMNIST .npz",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--heads",
+        default="linear,knn,gda,prototype,mlp,finetune",
+        help="comma-separated: linear, knn, gda, prototype, mlp, finetune, soup",
+    )
+    p.add_argument(
+        "--protocol",
+        action="append",
+        default=[],
+        help="full | fewshot:K[,K...] | fraction:F[,F...] | loco; repeatable "
+        "(default: full). fewshot alone means 1,5,10,20 shots; fraction alone 0.01,0.1,1",
+    )
+    p.add_argument("--seeds", type=int, default=1, help="repetitions, reported as mean ± std")
+    p.add_argument(
+        "--pooling", choices=("mean", "cls"), help="feature pooling (default: the encoder's)"
+    )
+    p.add_argument("--weights", help="local weights file for a timm:<name> encoder")
+    p.add_argument("--image-size", type=int, help="resize images to this size (timm encoders)")
+    p.add_argument("--cache-dir", help="feature cache folder (default: OUT/feature_cache)")
+    p.add_argument("--no-baselines", action="store_true", help="skip random: and pixels: rows")
+    p.add_argument("--seed", type=int, default=0, help="seed of random-init weights")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="eval.* / finetune.* / tracking.* overrides, e.g. finetune.steps=500",
+    )
     p.set_defaults(run=_run_evaluate)
 
 
-def _run_evaluate(args: argparse.Namespace) -> int:
-    from medfm.eval.runner import run_evaluate
+def _evaluate_config(args: argparse.Namespace):
+    from medfm.config import load_config
 
-    table, cfg, logger = _features(args)
-    metrics = run_evaluate(table, cfg, args.out, logger)
+    protocols = ";".join(args.protocol) or "full"
+    return load_config(
+        None,
+        [
+            f"eval.heads=[{args.heads}]",
+            f"eval.seeds={args.seeds}",
+            f"eval.baselines={not args.no_baselines}",
+            f"seed={args.seed}",
+            f"out_dir={args.out}",
+            *args.overrides,
+        ]
+        + (["tracking.enabled=false"] if args.no_tracking else []),
+    ), protocols
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from medfm.eval.eval_table import metrics_markdown
+    from medfm.eval.evaluation import evaluate
+    from medfm.tracking.base import make_logger
+
+    cfg, protocols = _evaluate_config(args)
+    cfg.eval.protocols = protocols
+    logger = make_logger(cfg.tracking, args.out, run_name="evaluate")
+    try:
+        metrics = evaluate(
+            args.encoder,
+            args.data,
+            cfg,
+            args.out,
+            logger,
+            weights=args.weights,
+            image_size=args.image_size,
+            pooling=args.pooling,
+            cache_dir=args.cache_dir,
+            progress=not args.no_progress,
+        )
+    except BaseException:
+        logger.close("FAILED")
+        raise
     logger.close()
-    print(json.dumps(metrics, indent=2))
+    print(metrics_markdown(metrics).split("\n## ")[0])
+    print(f"Written: {Path(args.out) / 'metrics.json'}, metrics.md and plots")
     return 0
 
 

@@ -60,14 +60,19 @@ def _l2(X) -> np.ndarray:
 class KNNHead(ClassifierMixin, BaseEstimator):
     """k nearest neighbours by cosine similarity with temperature-weighted votes
     (weights ``exp(sim / T)``, as in Wu et al. 2018 and DINO's kNN evaluation); ``k`` chosen on
-    validation."""
+    validation. With ``center`` (default) features are first centred on the training mean
+    ("CL2N", SimpleShot, Wang et al. 2019): ViT features share a large common component that
+    otherwise dominates every cosine similarity."""
 
-    def __init__(self, ks: tuple[int, ...] = (5, 10, 20), temperature: float = 0.07) -> None:
+    def __init__(
+        self, ks: tuple[int, ...] = (5, 10, 20), temperature: float = 0.07, center: bool = True
+    ) -> None:
         self.ks = ks
         self.temperature = temperature
+        self.center = center
 
     def _proba(self, X, k: int) -> np.ndarray:
-        sims = _l2(X) @ self.train_.T  # (n, n_train)
+        sims = _l2(np.asarray(X, dtype=np.float32) - self.mean_) @ self.train_.T  # (n, n_train)
         k = min(k, sims.shape[1])
         top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         weights = np.exp(np.take_along_axis(sims, top, 1) / self.temperature)
@@ -77,7 +82,9 @@ class KNNHead(ClassifierMixin, BaseEstimator):
         return votes / votes.sum(1, keepdims=True)
 
     def fit(self, X, y, X_val=None, y_val=None) -> KNNHead:
-        self.train_ = _l2(X)
+        X = np.asarray(X, dtype=np.float32)
+        self.mean_ = X.mean(0) if self.center else np.zeros(X.shape[1], dtype=np.float32)
+        self.train_ = _l2(X - self.mean_)
         self.classes_, self.y_index_ = np.unique(np.asarray(y), return_inverse=True)
         if X_val is not None and len(np.unique(y_val)) > 1:
             self.k_ = _choose(

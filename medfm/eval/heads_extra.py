@@ -52,6 +52,22 @@ def _gda(shrinkage: float) -> LinearDiscriminantAnalysis:
     return LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage)
 
 
+class _IsotropicGDA:
+    """GDA with ``Sigma = I`` (full shrinkage of an unknown scale): softmax of
+    ``x^T mu_c - |mu_c|^2 / 2 + log pi_c``. Used when every class has a single sample, where
+    scikit-learn's LDA refuses to fit and the pooled covariance is zero."""
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> _IsotropicGDA:
+        self.classes_, index = np.unique(y, return_inverse=True)
+        self.means_ = np.stack([X[index == c].mean(0) for c in range(len(self.classes_))])
+        self.log_prior_ = np.log(np.bincount(index) / len(index))
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        logits = X @ self.means_.T - 0.5 * (self.means_**2).sum(1) + self.log_prior_
+        return softmax(logits, axis=1)
+
+
 class GDAHead(ClassifierMixin, BaseEstimator):
     """Training-free Gaussian discriminant analysis with one shared, shrunk covariance.
 
@@ -111,8 +127,11 @@ class GDAHead(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         if len(np.unique(y)) < 2:
             raise ValueError("GDAHead.fit: y has only one class; GDA needs two or more classes")
-        self.shrinkage_ = self._choose_shrinkage(X, y, X_val, y_val)
-        self.model_ = _gda(self.shrinkage_).fit(X, y)
+        if len(X) <= len(np.unique(y)):  # one shot per class: no within-class scatter at all
+            self.shrinkage_, self.model_ = 1.0, _IsotropicGDA().fit(X, y)
+        else:
+            self.shrinkage_ = self._choose_shrinkage(X, y, X_val, y_val)
+            self.model_ = _gda(self.shrinkage_).fit(X, y)
         self.classes_ = self.model_.classes_
         return self
 
@@ -164,6 +183,10 @@ class PrototypeHead(ClassifierMixin, BaseEstimator):
     ``teen_calibrate``, following "Few-Shot Class-Incremental Learning via Training-Free
     Prototype Calibration" (Wang et al., NeurIPS 2023), then renormalised.
 
+    With ``center`` (default) features are centred on the training mean before normalising
+    ("CL2N", SimpleShot, Wang et al. 2019), which matters for ViT features with a large shared
+    component.
+
     Args:
         temperature: softmax temperature on cosine similarities.
         alpha: weight of a novel prototype's own mean (1 turns calibration off).
@@ -176,10 +199,13 @@ class PrototypeHead(ClassifierMixin, BaseEstimator):
         >>> head = PrototypeHead().fit(X, y, base_classes=["normal", "tumour"])  # doctest: +SKIP
     """
 
-    def __init__(self, temperature: float = 0.1, alpha: float = 0.5, tau: float = 16.0) -> None:
+    def __init__(
+        self, temperature: float = 0.1, alpha: float = 0.5, tau: float = 16.0, center: bool = True
+    ) -> None:
         self.temperature = temperature
         self.alpha = alpha
         self.tau = tau
+        self.center = center
 
     def fit(self, X, y, X_val=None, y_val=None, *, base_classes=None) -> PrototypeHead:
         """Fit the prototypes; ``base_classes=None`` treats every class as base (no calibration).
@@ -191,7 +217,8 @@ class PrototypeHead(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         self.classes_, y_index = np.unique(y, return_inverse=True)
         self.is_novel_ = self._novel_mask(base_classes)
-        prototypes = _class_prototypes(X, y_index, len(self.classes_))
+        self.mean_ = X.mean(0) if self.center else np.zeros(X.shape[1])
+        prototypes = _class_prototypes(X - self.mean_, y_index, len(self.classes_))
         if self.is_novel_.any():
             prototypes = _unit(teen_calibrate(prototypes, self.is_novel_, self.alpha, self.tau))
         self.prototypes_ = prototypes
@@ -217,7 +244,7 @@ class PrototypeHead(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        return softmax(_unit(X) @ self.prototypes_.T / self.temperature, axis=1)
+        return softmax(_unit(X - self.mean_) @ self.prototypes_.T / self.temperature, axis=1)
 
     def predict(self, X) -> np.ndarray:
         proba = self.predict_proba(X)

@@ -199,6 +199,16 @@ def _run_monitor(run: _Run, monitor, step: int, tc: DictConfig, logger: Logger) 
         save_checkpoint(run.out_dir / "best.pt", {"model": run.objective.state_dict(), **run.best})
 
 
+def _patience_exhausted(run: _Run, step: int, tc: DictConfig) -> bool:
+    """Early stopping: ``train.patience`` monitors in a row without a better monitor metric
+    (decided on rank 0, agreed by every rank)."""
+    patience = int(tc.get("patience") or 0)
+    if not patience:
+        return False
+    stale = run.best is not None and step - run.best["step"] >= patience * int(tc.monitor_every)
+    return D.mean_across(float(stale and run.info.is_main), run.info) > 0
+
+
 def _setup(objective, cfg, out_dir, info) -> _Run:
     objective.to(info.device)
     if cfg.train.get("grad_checkpointing"):
@@ -285,6 +295,15 @@ def train(
             _append_jsonl(run, {"step": done} | metrics)
         if monitor and tc.get("monitor_every") and done % int(tc.monitor_every) == 0:
             _run_monitor(run, monitor, done, tc, logger)
+            if _patience_exhausted(run, done, tc):
+                log.info(
+                    "Early stop at step %d: no better %s for train.patience=%s monitors",
+                    done,
+                    tc.monitor_metric,
+                    tc.patience,
+                )
+                _checkpoint(run, done)
+                break
         if done % int(tc.checkpoint_every) == 0:
             _checkpoint(run, done)
         if tc.max_minutes and time.perf_counter() - t0 > 60 * float(tc.max_minutes):

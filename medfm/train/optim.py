@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from omegaconf import DictConfig
@@ -11,19 +12,32 @@ from torch import nn
 _NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: matrices with ``weight_decay``; 1-D params (norms, biases) and tokens without."""
-    decay, no_decay = [], []
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_scale: Callable[[str], float] | None = None
+) -> list[dict]:
+    """Matrices with ``weight_decay``; 1-D params (norms, biases) and tokens without.
+
+    Without ``lr_scale`` that is two groups. With it (``name -> factor``, e.g. layer-wise LR
+    decay), parameters are grouped by (decay, factor) and each group carries ``lr_scale`` for
+    :func:`build_optimizer`.
+    """
+    groups: dict[tuple[bool, float], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim <= 1 or name.endswith(".bias") or any(t in name for t in _NO_DECAY_NAMES):
-            no_decay.append(param)
-        else:
-            decay.append(param)
+        no_decay = (
+            param.ndim <= 1 or name.endswith(".bias") or any(t in name for t in _NO_DECAY_NAMES)
+        )
+        scale = float(lr_scale(name)) if lr_scale else 1.0
+        groups.setdefault((no_decay, scale), []).append(param)
+    if lr_scale is None:
+        return [
+            {"params": groups.get((False, 1.0), []), "weight_decay": weight_decay},
+            {"params": groups.get((True, 1.0), []), "weight_decay": 0.0},
+        ]
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": ps, "weight_decay": 0.0 if nd else weight_decay, "lr_scale": scale}
+        for (nd, scale), ps in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))
     ]
 
 
@@ -38,10 +52,13 @@ def warmup_cosine(step: int, warmup: int, total: int, base_lr: float, min_lr: fl
 def build_optimizer(
     model: nn.Module, train_cfg: DictConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW + warmup-cosine. A model with a ``lr_scale(param_name) -> float`` method (e.g. a
+    fine-tuning classifier with layer-wise LR decay) gets its per-parameter factors."""
     base_lr = float(train_cfg.lr)
-    opt = torch.optim.AdamW(
-        param_groups(model, float(train_cfg.weight_decay)), lr=base_lr, betas=tuple(train_cfg.betas)
-    )
+    groups = param_groups(model, float(train_cfg.weight_decay), getattr(model, "lr_scale", None))
+    for group in groups:
+        group["lr"] = base_lr * group.pop("lr_scale", 1.0)
+    opt = torch.optim.AdamW(groups, lr=base_lr, betas=tuple(train_cfg.betas))
     warmup, total, min_lr = (
         int(train_cfg.warmup_steps),
         int(train_cfg.max_steps),

@@ -46,10 +46,13 @@ def test_run_audit_ranks_a_biology_encoder_above_a_center_encoder(tmp_path):
     assert good["center_vs_bio"]["knn"]["bio_accuracy"] == pytest.approx(1.0)
     assert sorted(good["ri_curve"]) == [5, 10, 20, 50]
     emb, bio, center, patient = _clustered("bio")
-    for variant, key in (("ratio", "robustness_index"),
-                         ("normalized", "robustness_index_normalized")):
-        direct = robustness_index(emb, bio, center, k=5, variant=variant,
-                                  groups=patient.astype(str))
+    for variant, key in (
+        ("ratio", "robustness_index"),
+        ("normalized", "robustness_index_normalized"),
+    ):
+        direct = robustness_index(
+            emb, bio, center, k=5, variant=variant, groups=patient.astype(str)
+        )
         assert good[key] == pytest.approx(direct, rel=1e-12)
     assert good["ri_curve"][5] == good["robustness_index"]
     saved = json.loads((tmp_path / "robustness.json").read_text())
@@ -62,9 +65,24 @@ def test_cli_on_embeddings_files(tmp_path, capsys):
     for by in ("bio", "center"):
         emb, bio, center, patient = _clustered(by, seed=1)
         np.savez(tmp_path / f"{by}.npz", embeddings=emb, label=bio, site=center, patient=patient)
-    code = main(["robustness", "--embeddings", str(tmp_path / "bio.npz"), "--embeddings",
-                 str(tmp_path / "center.npz"), "--center-column", "site", "--k", "auto",
-                 "--bootstrap", "20", "--out", str(tmp_path / "out"), "--no-tracking"])
+    code = main(
+        [
+            "robustness",
+            "--embeddings",
+            str(tmp_path / "bio.npz"),
+            "--embeddings",
+            str(tmp_path / "center.npz"),
+            "--center-column",
+            "site",
+            "--k",
+            "auto",
+            "--bootstrap",
+            "20",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-tracking",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "bio: RI" in out and "center: RI" in out
@@ -73,5 +91,13 @@ def test_cli_on_embeddings_files(tmp_path, capsys):
     assert main(["robustness", "--out", str(tmp_path / "x"), "--no-tracking"]) == 2
     assert "--embeddings" in capsys.readouterr().err
     with pytest.raises(ValueError, match="column 'center' not found"):
-        main(["robustness", "--embeddings", str(tmp_path / "bio.npz"), "--out",
-              str(tmp_path / "y"), "--no-tracking"])
+        main(
+            [
+                "robustness",
+                "--embeddings",
+                str(tmp_path / "bio.npz"),
+                "--out",
+                str(tmp_path / "y"),
+                "--no-tracking",
+            ]
+        )

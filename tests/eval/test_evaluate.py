@@ -70,8 +70,14 @@ def test_evaluate_heads_on_separated_blobs(eval_cfg):
     results = evaluate_heads(FeatureTable.from_rows(feats, rows), eval_cfg)
     assert set(results) == {"linear", "knn"}
     for name in ("linear", "knn"):
-        assert set(results[name]) >= {"test_auc", "test_auc_ci95", "test_acc", "test_bacc",
-                                       "test_f1", "test_ece"}
+        assert set(results[name]) >= {
+            "test_auc",
+            "test_auc_ci95",
+            "test_acc",
+            "test_bacc",
+            "test_f1",
+            "test_ece",
+        }
         assert results[name]["test_auc"] == pytest.approx(1.0, abs=1e-3)
         lo, hi = results[name]["test_auc_ci95"]
         assert lo <= results[name]["test_auc"] <= hi

@@ -27,7 +27,7 @@ Y_HAND = np.array(["a", "b", "b", "a", "a"])
 
 
 def test_knn_predict_proba_matches_hand_computed_temperature_weighted_votes():
-    head = KNNHead(ks=(3,), temperature=0.5).fit(X_HAND, Y_HAND)
+    head = KNNHead(ks=(3,), temperature=0.5, center=False).fit(X_HAND, Y_HAND)
     # The 3 most similar to the query: (1,0) "a" sim 1, (1,1) "b" sim 1/sqrt 2, (3,4) "a" sim .6;
     # votes exp(sim / 0.5).
     w_a = math.exp(1 / 0.5) + math.exp(0.6 / 0.5)
@@ -41,7 +41,7 @@ def test_knn_predict_proba_matches_hand_computed_temperature_weighted_votes():
 
 
 def test_knn_with_k_above_the_training_size_votes_with_every_training_point():
-    head = KNNHead(ks=(10,), temperature=0.5).fit(X_HAND, Y_HAND)
+    head = KNNHead(ks=(10,), temperature=0.5, center=False).fit(X_HAND, Y_HAND)
     w_a = math.exp(1 / 0.5) + math.exp(-1 / 0.5) + math.exp(0.6 / 0.5)
     w_b = math.exp(0 / 0.5) + math.exp(math.sqrt(0.5) / 0.5)
     np.testing.assert_allclose(
@@ -50,7 +50,7 @@ def test_knn_with_k_above_the_training_size_votes_with_every_training_point():
 
 
 def test_knn_predict_proba_rows_sum_to_one_and_follow_classes():
-    head = KNNHead(ks=(2,), temperature=0.1).fit(X_HAND, Y_HAND)
+    head = KNNHead(ks=(2,), temperature=0.1, center=False).fit(X_HAND, Y_HAND)
     # query (0, 1): nearest are (0, 1) "b" sim 1 and (3, 4) "a" sim 0.8 (ahead of (1, 1) "b" at
     # 1/sqrt 2) -> p("a") = e^8 / (e^8 + e^10) = 1 / (1 + e^2)
     p_a = 1 / (1 + math.exp(2))
@@ -60,7 +60,7 @@ def test_knn_predict_proba_rows_sum_to_one_and_follow_classes():
     assert head.predict([[0.0, 5.0], [1.0, 0.01]]).tolist() == ["b", "a"]
     # with k=1 the single nearest neighbour takes all the votes
     np.testing.assert_allclose(
-        KNNHead(ks=(1,)).fit(X_HAND, Y_HAND).predict_proba([[0.0, 5.0]]), [[0.0, 1.0]]
+        KNNHead(ks=(1,), center=False).fit(X_HAND, Y_HAND).predict_proba([[0.0, 5.0]]), [[0.0, 1.0]]
     )
 
 
@@ -161,7 +161,11 @@ def test_linear_probe_chooses_c_by_validation_auc():
 
 HEAD_CASES = [
     (LinearProbe, {"Cs": (0.5, 2.0), "max_iter": 300}, ["C_", "model_", "classes_"]),
-    (KNNHead, {"ks": (1, 3), "temperature": 0.2}, ["train_", "classes_", "y_index_", "k_"]),
+    (
+        KNNHead,
+        {"ks": (1, 3), "temperature": 0.2, "center": True},
+        ["train_", "mean_", "classes_", "y_index_", "k_"],
+    ),
 ]
 
 
@@ -197,3 +201,19 @@ def test_both_heads_predict_in_the_original_label_space(name):
     X_te, y_te = _blobs(np.random.default_rng(3), 30, 6.0)
     assert head.predict(X_te).tolist() == y_te.tolist()
     assert head.score(X_te, y_te) == 1.0  # ClassifierMixin.score = accuracy
+
+
+def test_centred_knn_is_plain_knn_on_features_centred_on_the_training_mean():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 5)) + 10.0, rng.integers(0, 2, 40)
+    query = rng.normal(size=(6, 5)) + 10.0
+    centred = KNNHead(ks=(5,)).fit(X, y)
+    plain = KNNHead(ks=(5,), center=False).fit(X - X.mean(0), y)
+    np.testing.assert_allclose(
+        centred.predict_proba(query), plain.predict_proba(query - X.mean(0)), rtol=1e-4
+    )
+    # a shared offset of every feature vector no longer changes the neighbours
+    shifted = KNNHead(ks=(5,)).fit(X + 100.0, y)
+    np.testing.assert_allclose(
+        shifted.predict_proba(query + 100.0), centred.predict_proba(query), rtol=1e-3
+    )

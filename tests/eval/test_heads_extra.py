@@ -123,7 +123,7 @@ Y_HAND = np.array(["a", "a", "b", "b"])
 
 
 def test_prototype_probabilities_match_hand_computed_cosine_softmax():
-    head = PrototypeHead(temperature=0.5).fit(X_HAND, Y_HAND)
+    head = PrototypeHead(temperature=0.5, center=False).fit(X_HAND, Y_HAND)
     np.testing.assert_allclose(head.prototypes_, [[1, 0], [1 / math.sqrt(5), 2 / math.sqrt(5)]])
     # query (1, 1): cos to "a" = 1/sqrt 2, cos to "b" = 3/sqrt 10; query (2, 0): 1 and 1/sqrt 5
     for query, (cos_a, cos_b) in [
@@ -141,8 +141,8 @@ def test_prototype_probabilities_match_hand_computed_cosine_softmax():
 
 
 def test_prototype_with_every_class_in_base_classes_is_not_calibrated():
-    plain = PrototypeHead().fit(X_HAND, Y_HAND)
-    all_base = PrototypeHead().fit(X_HAND, Y_HAND, base_classes=["a", "b"])
+    plain = PrototypeHead(center=False).fit(X_HAND, Y_HAND)
+    all_base = PrototypeHead(center=False).fit(X_HAND, Y_HAND, base_classes=["a", "b"])
     np.testing.assert_array_equal(all_base.prototypes_, plain.prototypes_)
 
 
@@ -156,7 +156,9 @@ Y_TEEN = np.array(["a", "a", "b", "b", "n"])
 
 def test_teen_calibration_equals_the_formula_on_a_tiny_case():
     alpha, tau = 0.6, 4.0
-    head = PrototypeHead(alpha=alpha, tau=tau).fit(X_TEEN, Y_TEEN, base_classes=["a", "b"])
+    head = PrototypeHead(alpha=alpha, tau=tau, center=False).fit(
+        X_TEEN, Y_TEEN, base_classes=["a", "b"]
+    )
     assert head.is_novel_.tolist() == [False, False, True]
     p_a, p_b, p_n = np.eye(3)[0], np.eye(3)[1], np.array([1.0, 0, 1.0]) / math.sqrt(2)
     w_a, w_b = math.exp(tau / math.sqrt(2)), math.exp(0.0)
@@ -170,21 +172,27 @@ def test_teen_calibration_equals_the_formula_on_a_tiny_case():
 
 
 def test_teen_moves_a_novel_prototype_toward_the_similar_base_prototype():
-    uncalibrated = PrototypeHead().fit(X_TEEN, Y_TEEN).prototypes_
-    head = PrototypeHead(alpha=0.5, tau=16.0).fit(X_TEEN, Y_TEEN, base_classes=["a", "b"])
+    uncalibrated = PrototypeHead(center=False).fit(X_TEEN, Y_TEEN).prototypes_
+    head = PrototypeHead(alpha=0.5, tau=16.0, center=False).fit(
+        X_TEEN, Y_TEEN, base_classes=["a", "b"]
+    )
     before, after = uncalibrated[2], head.prototypes_[2]
     assert after @ head.prototypes_[0] > before @ uncalibrated[0] + 0.1  # toward "a" (similar)
     assert after @ head.prototypes_[1] < 0.01  # hardly toward "b" (orthogonal)
     # alpha = 1 keeps the novel prototype as it was
-    kept = PrototypeHead(alpha=1.0).fit(X_TEEN, Y_TEEN, base_classes=["a", "b"]).prototypes_
+    kept = (
+        PrototypeHead(alpha=1.0, center=False)
+        .fit(X_TEEN, Y_TEEN, base_classes=["a", "b"])
+        .prototypes_
+    )
     np.testing.assert_allclose(kept, uncalibrated)
 
 
 def test_prototype_base_classes_must_name_training_labels():
     with pytest.raises(ValueError, match=r"base_classes \['z'\] have no training samples"):
-        PrototypeHead().fit(X_TEEN, Y_TEEN, base_classes=["a", "z"])
+        PrototypeHead(center=False).fit(X_TEEN, Y_TEEN, base_classes=["a", "z"])
     with pytest.raises(ValueError, match="base_classes is empty"):
-        PrototypeHead().fit(X_TEEN, Y_TEEN, base_classes=[])
+        PrototypeHead(center=False).fit(X_TEEN, Y_TEEN, base_classes=[])
 
 
 # ------------------------------------------------------------------------------------- MLP
@@ -248,7 +256,11 @@ def test_mlp_early_stopping_keeps_the_best_validation_epoch(monkeypatch):
 
 HEAD_CASES = [
     (GDAHead, {"shrinkage": 0.2, "shrinkages": (0.1, 0.5)}, ["shrinkage_", "model_"]),
-    (PrototypeHead, {"temperature": 0.2, "alpha": 0.7, "tau": 8.0}, ["prototypes_", "is_novel_"]),
+    (
+        PrototypeHead,
+        {"temperature": 0.2, "alpha": 0.7, "tau": 8.0, "center": False},
+        ["prototypes_", "is_novel_", "mean_"],
+    ),
     (MLPHead, {**MLP_FAST, "random_state": 5}, ["scaler_", "model_", "n_epochs_", "val_auc_"]),
 ]
 
@@ -291,3 +303,15 @@ def test_heads_are_registered_by_name():
 )
 def test_heads_pass_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_centred_prototypes_are_unit_class_means_minus_the_training_mean():
+    X = np.array([[11.0, 10.0], [13.0, 10.0], [10.0, 12.0], [10.0, 14.0]])
+    y = np.array(["a", "a", "b", "b"])
+    head = PrototypeHead().fit(X, y)
+    # training mean (11, 11.5); class means (12, 10) and (10, 13) -> (1, -1.5) and (-1, 1.5)
+    d = np.array([1.0, -1.5]) / np.hypot(1.0, 1.5)
+    np.testing.assert_allclose(head.prototypes_, [d, -d], rtol=1e-12)
+    # a query at the class-"a" side of the mean goes to "a" although it is closer in angle to "b"
+    # before centring
+    assert head.predict([[12.5, 10.5]]).tolist() == ["a"]

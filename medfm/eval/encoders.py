@@ -1,0 +1,193 @@
+"""What ``medfm evaluate --encoder ENC`` names, turned into a model and the data settings it needs.
+
+``ENC`` is one of
+
+* a medfm encoder: a ``medfm pretrain`` out_dir or its ``encoder.safetensors``;
+* ``random:<run dir>`` (that architecture at random initialisation) or ``random:<arch>`` (a timm
+  ViT name or ``vit3d_*`` / ``unified_*``, built as ``medfm pretrain`` would build it);
+* ``timm:<name>`` with weights from a local file (``--weights FILE`` or ``timm:<name>@FILE``);
+  nothing is ever downloaded. Its images are resized to the model's default input size unless
+  ``data.image_size`` is given.
+
+Every encoder comes with its random-init twin (the baseline each table includes) and a cache key
+that changes when the weights file changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import timm
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from medfm.config import DEFAULTS
+from medfm.models.backbones import build_backbone, load_local_weights
+from medfm.models.encoder_io import CONFIG, WEIGHTS, load_encoder
+
+
+@dataclasses.dataclass
+class EvalEncoder:
+    """A model factory (fresh weights on every call) and the data/model settings it expects."""
+
+    name: str  # as the user wrote it
+    build: Callable[[], nn.Module]
+    cfg: DictConfig  # data.* and model.pooling at least
+    key: str  # identity of the weights, for the feature cache
+    twin: EvalEncoder | None = None  # random-init twin (None for a random: encoder itself)
+
+
+def _file_key(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def _is_run(path: str) -> bool:
+    p = Path(path)
+    folder = p.parent if p.suffix == ".safetensors" else p
+    return (folder / WEIGHTS).is_file() and (folder / CONFIG).is_file()
+
+
+def _run_dir(path: str) -> Path:
+    p = Path(path)
+    return p.parent if p.suffix == ".safetensors" else p
+
+
+def _from_run(spec: str, path: str, random_init: bool, seed: int) -> EvalEncoder:
+    folder = _run_dir(path)
+    _, cfg = load_encoder(folder, random_init=True)
+
+    def build() -> nn.Module:
+        torch.manual_seed(seed)
+        return load_encoder(folder, random_init=random_init)[0]
+
+    key = _digest("random" if random_init else _file_key(folder / WEIGHTS), folder, seed)
+    return EvalEncoder(spec, build, cfg, key)
+
+
+def _from_arch(spec: str, arch: str, data_cfg: DictConfig, seed: int) -> EvalEncoder:
+    cfg = OmegaConf.merge(OmegaConf.create({"model": DEFAULTS["model"]}), {"data": data_cfg})
+    cfg.model.name = arch
+
+    def build() -> nn.Module:
+        torch.manual_seed(seed)
+        return build_backbone(
+            cfg.model, cfg.data.image_size, cfg.data.channels, cfg.data.get("depth_size")
+        )
+
+    build()  # fail now, with build_backbone's message, on an unknown name
+    return EvalEncoder(spec, build, cfg, _digest("arch", arch, seed, cfg.model))
+
+
+def _timm_cfg(name: str, data_cfg: DictConfig, image_size: int | None) -> DictConfig:
+    size = (
+        image_size
+        or timm.create_model(name, pretrained=False).pretrained_cfg.get(
+            "input_size", (3, 224, 224)
+        )[-1]
+    )
+    cfg = OmegaConf.create({"model": {"name": name, "pooling": "mean"}, "data": data_cfg})
+    cfg.data.image_size = int(size)
+    return cfg
+
+
+def _from_timm(
+    spec: str,
+    name: str,
+    weights: str | None,
+    data_cfg: DictConfig,
+    image_size: int | None,
+    seed: int,
+    random_init: bool,
+) -> EvalEncoder:
+    if name not in timm.list_models():
+        raise ValueError(f"timm:{name}: no timm model of that name; see timm.list_models()")
+    if not random_init and not weights:
+        raise ValueError(
+            f"timm:{name} needs local weights: --weights FILE or timm:{name}@FILE (nothing is "
+            f"downloaded); use random:{name} for the random-init architecture"
+        )
+    if weights and not Path(weights).is_file():
+        raise FileNotFoundError(f"timm:{name}: weights file {weights} does not exist")
+    cfg = _timm_cfg(name, data_cfg, image_size)
+
+    def build() -> nn.Module:
+        torch.manual_seed(seed)
+        kwargs = {"num_classes": 0, "in_chans": int(cfg.data.channels)}
+        if name.startswith(("vit", "deit", "eva", "beit")):
+            kwargs["img_size"] = int(cfg.data.image_size)
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        if not random_init:
+            load_local_weights(model, weights)
+        return model.eval()
+
+    key = _digest("timm", name, "random" if random_init else _file_key(Path(weights)), seed, cfg)
+    return EvalEncoder(spec, build, cfg, key)
+
+
+def check_encoder_spec(spec: str) -> None:
+    """Fail fast (before any data is read) on a path that is no encoder artifact."""
+    if not spec.startswith(("timm:", "random:")) and not _is_run(spec):
+        raise FileNotFoundError(
+            f"No encoder artifact at --encoder {spec}: expected a `medfm pretrain` out_dir (with "
+            f"{WEIGHTS} and {CONFIG}) or its encoder.safetensors, random:<run dir or arch>, or "
+            "timm:<name>"
+        )
+
+
+def resolve_encoder(
+    spec: str,
+    data_cfg: DictConfig,
+    weights: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+) -> EvalEncoder:
+    """The :class:`EvalEncoder` named by ``spec`` (see the module docstring), with its twin.
+
+    ``data_cfg`` (``data.*``, channels known) serves architectures given by name; a medfm run
+    brings its own, of which ``image_size`` may be overridden.
+    """
+    weights = str(weights) if weights else None
+    if spec.startswith("timm:"):
+        name, _, at = spec.removeprefix("timm:").partition("@")
+        weights = at or weights
+        enc = _from_timm(spec, name, weights, data_cfg, image_size, seed, False)
+        enc.twin = _from_timm(f"random:{name}", name, None, data_cfg, image_size, seed, True)
+        return enc
+    if spec.startswith("random:"):
+        target = spec.removeprefix("random:")
+        if _is_run(target):
+            return _with_size(_from_run(spec, target, True, seed), image_size)
+        if target.startswith("timm:"):
+            return _from_timm(spec, target[5:], None, data_cfg, image_size, seed, True)
+        return _from_arch(spec, target, _sized(data_cfg, image_size), seed)
+    check_encoder_spec(spec)
+    enc = _with_size(_from_run(spec, spec, False, seed), image_size)
+    enc.twin = _with_size(_from_run(f"random:{spec}", spec, True, seed), image_size)
+    return enc
+
+
+def _sized(data_cfg: DictConfig, image_size: int | None) -> DictConfig:
+    data_cfg = data_cfg.copy()
+    if image_size:
+        data_cfg.image_size = int(image_size)
+    return data_cfg
+
+
+def _with_size(enc: EvalEncoder, image_size: int | None) -> EvalEncoder:
+    """A medfm run evaluated at another ``data.image_size`` (its position table is resized)."""
+    if image_size and int(image_size) != int(enc.cfg.data.image_size):
+        raise ValueError(
+            f"{enc.name} was pre-trained at data.image_size={enc.cfg.data.image_size}; "
+            "evaluate it at that size (drop --image-size)"
+        )
+    return enc

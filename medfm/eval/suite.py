@@ -1,0 +1,221 @@
+"""``medfm evaluate``: every head, under every protocol, over seeds, next to its baselines.
+
+encoder + data -> features (cached) of the encoder, of its random-init twin and raw pixels ->
+heads fitted per protocol fold and seed -> ``{head: {protocol: metrics}}`` -> ``metrics.json``,
+``metrics.md``, plots and one nested MLflow run per head and protocol.
+
+Rows of the result are the encoder's heads (``linear``, ``knn``, ``gda``, ``prototype``,
+``mlp``, ``finetune``, and for ``soup``: ``soup_uniform``, ``soup_greedy`` and
+``finetune_best``), then the baselines of the same run: ``random:<head>`` (the same
+architecture at random initialisation, feature heads) and ``pixels:linear`` (logistic
+regression on the raw pixels).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from medfm.data.datasets import stack_images
+from medfm.eval.classification_metrics import classification_report, multilabel_auc
+from medfm.eval.encoders import EvalEncoder
+from medfm.eval.eval_plots import label_efficiency_curves, per_center_bars, roc_curves
+from medfm.eval.eval_table import write_metrics_markdown
+from medfm.eval.feature_cache import cached_features, feature_key
+from medfm.eval.features import extract_features
+from medfm.eval.heads import HEADS, KNNHead, LinearProbe
+from medfm.eval.protocols import Protocol, parse_protocols
+from medfm.eval.runner import write_json
+from medfm.eval.tasks import EvalTask, Fold, aggregate
+from medfm.tracking.base import Logger
+
+log = logging.getLogger(__name__)
+
+FEATURE_HEADS = ("linear", "knn", "gda", "prototype", "mlp")
+IMAGE_HEADS = ("finetune", "soup")
+STOCHASTIC = ("mlp", "finetune")
+MAX_PIXELS = 4096
+
+
+def check_heads(heads: list[str]) -> None:
+    unknown = [h for h in heads if h not in FEATURE_HEADS + IMAGE_HEADS]
+    if unknown:
+        raise ValueError(
+            f"unknown head(s) {unknown}; choose from {', '.join(FEATURE_HEADS + IMAGE_HEADS)}"
+        )
+
+
+def make_head(name: str, eval_cfg: DictConfig, seed: int):
+    """A fresh head; the MLP's initialisation follows ``seed``."""
+    if name == "linear":
+        return LinearProbe(Cs=tuple(eval_cfg.linear_c_grid))
+    if name == "knn":
+        return KNNHead(ks=tuple(eval_cfg.knn_k_grid))
+    if name == "mlp":
+        return HEADS["mlp"](random_state=seed)
+    return HEADS[name]()
+
+
+# ------------------------------------------------------------------------------ features
+
+
+def encoder_features(enc: EvalEncoder, rows: list[dict], dataset, cache_dir, progress: bool):
+    pooling = str(enc.cfg.model.pooling)
+    data = {
+        k: enc.cfg.data.get(k)
+        for k in ("image_size", "channels", "intensity_min", "intensity_max", "depth_size")
+    }
+    key = feature_key(enc.key, pooling, data, [r["path"] for r in rows])
+
+    def compute() -> np.ndarray:
+        model = enc.build()
+        return extract_features(model, dataset, pooling, progress=progress)
+
+    return cached_features(cache_dir, key, compute)
+
+
+def pixel_features(dataset, batch_size: int = 256) -> np.ndarray:
+    """Raw intensities flattened, average-pooled to at most 4096 values per image."""
+    chunks = []
+    for start in range(0, len(dataset), batch_size):
+        images = stack_images(dataset, range(start, min(start + batch_size, len(dataset))))
+        while images[0].numel() > MAX_PIXELS:
+            pool = (
+                torch.nn.functional.avg_pool3d
+                if images.ndim == 5
+                else torch.nn.functional.avg_pool2d
+            )
+            images = pool(images, 2)
+        chunks.append(images.flatten(1).numpy())
+    return np.concatenate(chunks).astype(np.float32)
+
+
+# ------------------------------------------------------------------------- scoring
+
+
+def score_fold(task: EvalTask, fold: Fold, proba: np.ndarray, classes, n_boot: int) -> dict:
+    """Test metrics of one fold: the full classification report, or per-label AUCs."""
+    if task.multilabel:
+        result = multilabel_auc(task.labels[fold.test], proba)
+        return {"test_auc": result["mean"], "per_label_auc": result["per_label"]}
+    return classification_report(
+        task.labels[fold.test],
+        proba,
+        classes,
+        groups=task.groups(fold.test),
+        centers=task.centers(fold.test),
+        n_boot=n_boot,
+    )
+
+
+def fit_predict(name: str, X: np.ndarray, task: EvalTask, fold: Fold, cfg: DictConfig, seed: int):
+    """Fit a feature head on the fold's train rows (val for its hyper-parameter); test proba."""
+
+    def one(y: np.ndarray):
+        head = make_head(name, cfg.eval, seed)
+        y_tr, y_va = y[fold.train], y[fold.val]
+        if len(np.unique(y_tr)) < 2:
+            raise ValueError(f"{name}: the training rows of this protocol hold a single class")
+        head.fit(
+            X[fold.train],
+            y_tr,
+            X[fold.val] if len(fold.val) else None,
+            y_va if len(fold.val) else None,
+        )
+        return head.predict_proba(X[fold.test]), head.classes_
+
+    if not task.multilabel:
+        return one(task.labels)
+    scores = [one(task.labels[:, j])[0][:, 1] for j in range(task.labels.shape[1])]
+    return np.stack(scores, axis=1), np.array([0, 1])
+
+
+def run_protocol(predict, task: EvalTask, protocol: Protocol, seeds: int, n_boot: int):
+    """``predict(fold, seed) -> (proba, classes)`` over seeds and folds; the aggregated metrics
+    and the first repetition's test predictions (for ROC curves)."""
+    results, first = [], None
+    for seed in range(seeds):
+        for fold in task.folds(protocol, seed):
+            proba, classes = predict(fold, seed)
+            result = score_fold(task, fold, proba, classes, n_boot)
+            if fold.held_out:
+                result["held_out"] = fold.held_out
+            results.append(result)
+            first = first or (task.labels[fold.test], proba, classes)
+    metrics = aggregate(results)
+    if protocol.kind == "loco":
+        metrics["per_center"] = {
+            r["held_out"]: {
+                "test_auc": r["test_auc"],
+                "test_acc": r.get("test_acc"),
+                "n": int(len(task.folds(protocol, 0)[i].test)),
+            }
+            for i, r in enumerate(results[: len(results) // seeds])
+        }
+        metrics.pop("held_out", None)
+    return metrics, first
+
+
+def n_seeds(head: str, protocol: Protocol, seeds: int) -> int:
+    """Seeds only change resampled protocols and stochastic heads."""
+    return seeds if protocol.resampled or head in STOCHASTIC else 1
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def write_outputs(metrics: dict, roc: dict, out_dir: Path, title: str, logger: Logger) -> list:
+    """metrics.json, metrics.md and the plots, each logged as an MLflow artifact."""
+    paths = [
+        write_json(metrics, out_dir / "metrics.json"),
+        write_metrics_markdown(metrics, out_dir / "metrics.md", title=title),
+    ]
+    if roc:
+        paths.append(roc_curves(roc, out_dir / "roc_curves.png", title))
+    for protocol in ("full", "loco"):
+        paths.append(
+            per_center_bars(
+                metrics,
+                protocol,
+                out_dir / f"per_center_{protocol}.png",
+                f"{title}: per-center test AUC ({protocol})",
+            )
+        )
+    paths.append(label_efficiency_curves(metrics, out_dir / "label_efficiency.png", title))
+    paths = [p for p in paths if p is not None]
+    for path in paths:
+        logger.log_artifact(path, "evaluation")
+    return paths
+
+
+def log_nested(metrics: dict, logger: Logger) -> None:
+    """One nested MLflow run per head and protocol, holding its scalar metrics."""
+    for row, by_protocol in metrics.items():
+        for protocol, values in by_protocol.items():
+            child = logger.child(f"{row} | {protocol}")
+            child.log_params({"head": row, "protocol": protocol})
+            child.log_metrics(
+                {k: v for k, v in values.items() if isinstance(v, int | float) and np.isfinite(v)}
+            )
+            child.close()
+
+
+def ensure_dir(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def progress_bar(total: int, progress: bool):
+    return tqdm(total=total, desc="evaluate", unit="run", disable=not progress)
+
+
+def protocols_of(cfg: DictConfig) -> list[Protocol]:
+    specs = cfg.eval.protocols
+    return parse_protocols(specs if isinstance(specs, str) else list(specs))
