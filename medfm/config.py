@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
         "patch_size": 4,
         "depth": 6,  # null keeps the timm default
         "pooling": "mean",  # "mean" of patch tokens or "cls"
+        "stem": "patch",  # "patch" (timm's patchify) or "conv" (Xiao et al. 2021), 2D only
         "pretrained": None,  # a local timm weights file (.safetensors/.pth); never downloaded
     },
     "ssl": {

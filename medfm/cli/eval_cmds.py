@@ -68,7 +68,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _evaluate_config(args: argparse.Namespace):
     from medfm.config import load_config
 
-    protocols = ";".join(args.protocol) or "full"
+    protocols = ";".join(args.protocol)
     return load_config(
         None,
         [
@@ -89,7 +89,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from medfm.tracking.base import make_logger
 
     cfg, protocols = _evaluate_config(args)
-    cfg.eval.protocols = protocols
+    if protocols:  # else eval.protocols: an override, or the default (full)
+        cfg.eval.protocols = protocols
     logger = make_logger(cfg.tracking, args.out, run_name="evaluate")
     try:
         metrics = evaluate(

@@ -70,7 +70,8 @@ def _from_run(spec: str, path: str, random_init: bool, seed: int) -> EvalEncoder
         torch.manual_seed(seed)
         return load_encoder(folder, random_init=random_init)[0]
 
-    key = _digest("random" if random_init else _file_key(folder / WEIGHTS), folder, seed)
+    weights = "random" if random_init else _file_key(folder / WEIGHTS)
+    key = _digest(weights, _file_key(folder / CONFIG), seed)
     return EvalEncoder(spec, build, cfg, key)
 
 

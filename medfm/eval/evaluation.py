@@ -13,6 +13,7 @@ Example (a notebook)::
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -155,12 +156,23 @@ class _FineTuner:
         self.enc, self.dataset, self.task, self.cfg, self.root = enc, dataset, task, cfg, root
         self.runs: dict[tuple, tuple[FineTuneClassifier, float]] = {}
 
+    def _folder(self, protocol: str, fold: Fold, seed: int) -> Path:
+        """Named after everything that defines the run (the engine resumes from that folder)."""
+        parts = [
+            self.enc.key,
+            OmegaConf.to_yaml(self.cfg.finetune),
+            str(self.task.classes),
+            fold.train.tobytes().hex(),
+            fold.val.tobytes().hex(),
+        ]
+        digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+        where = fold.held_out or "all"
+        return self.root / f"{protocol.replace(':', '_')}-{where}-seed{seed}-{digest}"
+
     def run(self, protocol: str, fold: Fold, seed: int):
         key = (protocol, fold.held_out, seed)
         if key not in self.runs:
-            folder = (
-                self.root / protocol.replace(":", "_") / (fold.held_out or "all") / f"seed{seed}"
-            )
+            folder = self._folder(protocol, fold, seed)
             model, result = fine_tune(
                 self.enc.build,
                 self.dataset,
@@ -191,6 +203,11 @@ class _FineTuner:
         """``soup_uniform``, ``soup_greedy`` and ``finetune_best`` (best member on val) of
         ``finetune.soup_size`` members fine-tuned on the full protocol with seeds 0, 1, ..."""
         fold = self.task.folds(S.Protocol("full"), 0)[0]
+        if len(np.unique(self.task.labels[fold.val])) < 2:
+            raise ValueError(
+                "the soup head chooses members on the val split, which needs two or more "
+                "classes; add a val split to the data or drop soup from --heads"
+            )
         members = [self.run("full", fold, s) for s in range(int(self.cfg.finetune.soup_size))]
         states = [{k: v.clone() for k, v in m.state_dict().items()} for m, _ in members]
         model = members[0][0]

@@ -38,6 +38,7 @@ from medfm.eval.metrics import auc
 from medfm.models.backbones import encode
 from medfm.ssl.views import random_resized_crop
 from medfm.train.checkpoint import load_checkpoint
+from medfm.train.distributed import init_distributed
 from medfm.train.engine import train
 
 _BLOCK = re.compile(r"^encoder\.blocks\.(\d+)\.")
@@ -106,14 +107,14 @@ class FineTuneClassifier(nn.Module):
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-        was = self.training
+        was, device = self.training, self.head.weight.device
         self.eval()
         out = [
-            F.softmax(self.logits(images[i : i + batch_size]), dim=1)
+            F.softmax(self.logits(images[i : i + batch_size].to(device)), dim=1).float().cpu()
             for i in range(0, len(images), batch_size)
         ]
         self.train(was)
-        return torch.cat(out).float().numpy()
+        return torch.cat(out).numpy()
 
 
 @dataclasses.dataclass
@@ -165,12 +166,15 @@ def fine_tune(
     validation AUC of ``dataset[val_idx]``; return the classifier holding the best weights.
 
     ``labels`` are the dataset's labels (strings), ``classes`` the sorted class names.
-    Rerunning with the same ``out_dir`` resumes (the engine's checkpoint).
+    Rerunning with the same ``out_dir`` resumes (the engine's checkpoint), so callers name the
+    folder after everything that defines the run. Without a validation split of two classes the
+    last weights are kept. Runs on the GPU when there is one.
     """
     out_dir = Path(out_dir)
-    torch.manual_seed(seed)
+    encoder = make_encoder()  # the same initial weights for every seed (soups need that) ...
+    torch.manual_seed(seed)  # ... while the seed drives augmentation and drop-out
     model = FineTuneClassifier(
-        make_encoder(),
+        encoder,
         len(classes),
         pooling,
         None if ft_cfg.train_blocks is None else int(ft_cfg.train_blocks),
@@ -178,20 +182,27 @@ def fine_tune(
         bool(ft_cfg.augment),
     )
     targets = torch.as_tensor(np.searchsorted(classes, labels), dtype=torch.long)
-    val_images = stack_images(dataset, val_idx)
     y_val = np.asarray(labels)[val_idx]
+    val_images = stack_images(dataset, val_idx) if len(np.unique(y_val)) > 1 else None
 
     def get_batch(positions: np.ndarray) -> dict:
         idx = train_idx[positions]
         return {"image": stack_images(dataset, idx), "target": targets[torch.as_tensor(idx)]}
 
     def monitor(step: int) -> dict:
-        if len(np.unique(y_val)) < 2:
-            return {}
         return {"val_auc": auc(y_val, model.predict_proba(val_images), classes)}
 
     cfg = _engine_cfg(ft_cfg, seed, out_dir, len(train_idx))
-    result = train(model, get_batch, len(train_idx), cfg, out_dir, monitor=monitor)
+    info = init_distributed()
+    result = train(
+        model,
+        get_batch,
+        len(train_idx),
+        cfg,
+        out_dir,
+        monitor=monitor if val_images is not None else None,
+        info=info,
+    )
     best = load_checkpoint(out_dir / "best.pt")
     if best is not None:
         model.load_state_dict(best["model"])

@@ -124,18 +124,28 @@ class EvalTask:
         return c if (c != "").all() and len(np.unique(c)) > 1 else None
 
 
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and sample std of the finite values (NaN when none; std 0 for one)."""
+    finite = values[np.isfinite(values)]
+    if len(finite) == 0:
+        return float("nan"), float("nan")
+    return float(finite.mean()), float(finite.std(ddof=1)) if len(finite) > 1 else 0.0
+
+
 def aggregate(results: Sequence[dict]) -> dict:
-    """Mean of every scalar over repetitions, ``<key>_std`` (sample std, 0 for one), the mean
+    """Mean of every scalar over repetitions, ``<key>_std`` (sample std, 0 for one; NaN
+    repetitions, such as a single-class loco center, are left out), the mean
     of the CI bounds, ``n_seeds``; ``per_center`` and ``per_label`` from the first, unless each
     repetition is a loco fold (then ``per_center`` joins them)."""
     first, out = results[0], {"n_seeds": len(results)}
     for key, value in first.items():
+        if key in ("n_seeds", "n_folds") or key.endswith("_std"):
+            continue
         if isinstance(value, int | float) and not isinstance(value, bool):
-            values = np.array([r[key] for r in results], dtype=float)
-            out[key] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-            out[f"{key}_std"] = float(np.nanstd(values, ddof=1)) if len(values) > 1 else 0.0
-        elif key == "test_auc_ci95":
-            out[key] = [float(np.mean([r[key][i] for r in results])) for i in (0, 1)]
+            values = np.array([r.get(key, np.nan) for r in results], dtype=float)
+            out[key], out[f"{key}_std"] = _mean_std(values)
+        elif key == "test_auc_ci95":  # the mean of the repetitions' interval bounds
+            out[key] = [_mean_std(np.array([r[key][i] for r in results]))[0] for i in (0, 1)]
         else:
             out[key] = value
     return out

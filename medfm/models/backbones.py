@@ -30,6 +30,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from medfm.models.conv_stem import use_conv_stem
 from medfm.models.pos_embed import sincos_2d
 from medfm.models.vit3d import ViT3D
 
@@ -111,6 +112,10 @@ def build_backbone(
     model = timm.create_model(
         name, pretrained=False, **backbone_kwargs(model_cfg, image_size, channels)
     )
+    if model_cfg.get("stem", "patch") == "conv":
+        use_conv_stem(model)
+    elif model_cfg.get("stem", "patch") != "patch":
+        raise ValueError(f"model.stem={model_cfg.get('stem')!r}: use 'patch' or 'conv'")
     grid_h, grid_w = model.patch_embed.grid_size
     n_prefix = model.num_prefix_tokens if not model.no_embed_class else 0
     table = sincos_2d(model.embed_dim, grid_h, grid_w, cls_token=False)
@@ -160,10 +165,15 @@ def load_local_weights(model: VisionTransformer, path: str | os.PathLike) -> Non
 def encode(model: nn.Module, images: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
     """``(B, C, H, W)`` or ``(B, C, D, H, W)`` -> ``(B, D)``: mean patch token or class token."""
     tokens = model.forward_features(images)  # (B, prefix + N, D)
+    if tokens.ndim > 3:  # a convolutional timm model: (B, D, *spatial) feature maps
+        if pooling == "cls":
+            raise ValueError("pooling='cls' needs a ViT with a class token; use 'mean'")
+        return tokens.flatten(2).mean(dim=2)
+    prefix = int(getattr(model, "num_prefix_tokens", 0))
     if pooling == "cls":
-        if not model.num_prefix_tokens:
+        if not prefix:
             raise ValueError("model.pooling='cls' needs a model with a class token; use 'mean'")
         return tokens[:, 0]
     if pooling == "mean":
-        return tokens[:, model.num_prefix_tokens :].mean(dim=1)
+        return tokens[:, prefix:].mean(dim=1)
     raise ValueError(f"model.pooling={pooling!r}: use 'mean' or 'cls'")

@@ -64,7 +64,10 @@ def build_optimizer(
         int(train_cfg.max_steps),
         float(train_cfg.min_lr),
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: warmup_cosine(step, warmup, total, base_lr, min_lr) / base_lr
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # train.lr=0 freezes everything
+        opt,
+        lambda step: (
+            warmup_cosine(step, warmup, total, base_lr, min_lr) / base_lr if base_lr else 0.0
+        ),
     )
     return opt, schedule

@@ -8,6 +8,7 @@ from monai.data import Dataset
 
 from medfm.config import load_config
 from medfm.eval.finetune import FineTuneClassifier, fine_tune
+from medfm.eval.metrics import auc
 from medfm.models.backbones import build_backbone
 from medfm.train.optim import build_optimizer
 
@@ -56,10 +57,8 @@ def _bright_dark(n, seed):
     return [{"image": torch.as_tensor(im)} for im in images], labels
 
 
-def test_fine_tune_learns_keeps_the_best_validation_weights_and_stops_early(tmp_path):
-    items, labels = _bright_dark(64, 0)
-    dataset = Dataset(items)
-    ft = load_config(
+def _ft_cfg(*extra):
+    return load_config(
         None,
         [
             "finetune.steps=60",
@@ -67,29 +66,60 @@ def test_fine_tune_learns_keeps_the_best_validation_weights_and_stops_early(tmp_
             "finetune.patience=2",
             "finetune.batch_size=16",
             "finetune.lr=3e-3",
+            *extra,
         ],
     ).finetune
-    train_idx, val_idx = np.arange(48), np.arange(48, 64)
-    model, result = fine_tune(
+
+
+def _run(tmp_path, name, seed=0, val_idx=None, *extra):
+    items, labels = _bright_dark(64, 0)
+    val_idx = np.arange(48, 64) if val_idx is None else val_idx
+    return fine_tune(
         lambda: _encoder(depth=2),
-        dataset,
+        Dataset(items),
         labels,
         np.array(["0", "1"]),
-        train_idx,
+        np.arange(48),
         val_idx,
-        ft,
+        _ft_cfg(*extra),
         "mean",
-        0,
-        tmp_path / "ft",
+        seed,
+        tmp_path / name,
     )
+
+
+def test_fine_tune_learns_and_keeps_the_best_validation_weights(tmp_path):
+    model, result = _run(tmp_path, "a")
     assert result.val_auc > 0.95
     assert result.step % 5 == 0 and result.step <= result.steps_run
-    if result.steps_run < 60:  # stopped early: patience x eval_every steps after the best
-        assert result.steps_run - result.step == 10
-    val_images = torch.stack([items[i]["image"] for i in val_idx])
-    from medfm.eval.metrics import auc
-
-    assert auc(labels[val_idx], model.predict_proba(val_images), ["0", "1"]) == pytest.approx(
+    items, labels = _bright_dark(64, 0)
+    val_images = torch.stack([items[i]["image"] for i in range(48, 64)])
+    assert auc(labels[48:], model.predict_proba(val_images), ["0", "1"]) == pytest.approx(
         result.val_auc
     )
-    assert (tmp_path / "ft" / "best.pt").is_file()
+    assert (tmp_path / "a" / "best.pt").is_file()
+
+
+def test_fine_tune_stops_after_patience_evaluations_without_improvement(tmp_path):
+    # lr 0: the zero-initialised classifier never moves, the val AUC stays 0.5, so the best is
+    # the first evaluation (step 5) and patience 2 stops the run at step 15 of 60
+    _, result = _run(tmp_path, "flat", 0, None, "finetune.lr=0.0")
+    assert result.step == 5 and result.steps_run == 15 and result.val_auc == 0.5
+
+
+def test_seeds_change_the_run_but_not_the_starting_weights(tmp_path):
+    a, _ = _run(tmp_path, "s0", 0, None, "finetune.steps=5", "finetune.patience=0")
+    b, _ = _run(tmp_path, "s1", 1, None, "finetune.steps=5", "finetune.patience=0")
+    c, _ = _run(tmp_path, "s0-again", 0, None, "finetune.steps=5", "finetune.patience=0")
+    key = "encoder.blocks.0.attn.qkv.weight"
+    assert not torch.equal(a.state_dict()[key], b.state_dict()[key])
+    torch.testing.assert_close(a.state_dict()[key], c.state_dict()[key], rtol=0, atol=0)
+    fresh = FineTuneClassifier(_encoder(depth=2), 2).state_dict()[key]
+    assert not torch.equal(fresh, a.state_dict()[key])  # trained from the same start ...
+    torch.testing.assert_close(FineTuneClassifier(_encoder(depth=2), 2).state_dict()[key], fresh)
+
+
+def test_without_a_validation_split_the_last_weights_are_kept(tmp_path):
+    _, result = _run(tmp_path, "noval", 0, np.array([], dtype=int), "finetune.steps=10")
+    assert np.isnan(result.val_auc) and result.steps_run == 10 and result.step == 10
+    assert not (tmp_path / "noval" / "best.pt").exists()

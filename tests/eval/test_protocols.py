@@ -120,14 +120,16 @@ def _rows():
 def test_task_folds_for_full_fewshot_and_loco():
     task = EvalTask.from_rows(_rows())
     (full,) = task.folds(Protocol("full"), 0)
-    assert (task.split[full.train] == "train").all() and len(full.train) == 12
-    assert len(full.val) == 6 and len(full.test) == 6
+    np.testing.assert_array_equal(full.train, np.flatnonzero(task.split == "train"))
+    np.testing.assert_array_equal(full.val, np.flatnonzero(task.split == "val"))
+    np.testing.assert_array_equal(full.test, np.flatnonzero(task.split == "test"))
     (shot,) = task.folds(Protocol("fewshot", 1), 0)
     assert set(task.labels[shot.train]) == {"0", "1"}
     loco = task.folds(Protocol("loco"), 0)
     assert [f.held_out for f in loco] == ["c0", "c1", "c2"]
     for fold in loco:
         assert (task.center[fold.train] != fold.held_out).all()
+        assert (task.center[fold.val] != fold.held_out).all() and len(fold.val) == 4
         assert (task.center[fold.test] == fold.held_out).all() and len(fold.test) == 8
 
 
