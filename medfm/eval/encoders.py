@@ -75,9 +75,11 @@ def _from_run(spec: str, path: str, random_init: bool, seed: int) -> EvalEncoder
     return EvalEncoder(spec, build, cfg, key)
 
 
-def _from_arch(spec: str, arch: str, data_cfg: DictConfig, seed: int) -> EvalEncoder:
-    cfg = OmegaConf.merge(OmegaConf.create({"model": DEFAULTS["model"]}), {"data": data_cfg})
-    cfg.model.name = arch
+def _from_arch(
+    spec: str, arch: str, data_cfg: DictConfig, seed: int, model_cfg: DictConfig | None
+) -> EvalEncoder:
+    model = model_cfg if model_cfg is not None else OmegaConf.create(DEFAULTS["model"])
+    cfg = OmegaConf.merge({"model": model}, {"data": data_cfg, "model": {"name": arch}})
 
     def build() -> nn.Module:
         torch.manual_seed(seed)
@@ -151,11 +153,13 @@ def resolve_encoder(
     weights: str | os.PathLike | None = None,
     image_size: int | None = None,
     seed: int = 0,
+    model_cfg: DictConfig | None = None,
 ) -> EvalEncoder:
     """The :class:`EvalEncoder` named by ``spec`` (see the module docstring), with its twin.
 
-    ``data_cfg`` (``data.*``, channels known) serves architectures given by name; a medfm run
-    brings its own, of which ``image_size`` may be overridden.
+    ``data_cfg`` (``data.*``, channels known) and ``model_cfg`` (``model.*``: patch size, depth,
+    stem, pooling; default :data:`~medfm.config.DEFAULTS`) serve architectures given by name; a
+    medfm run brings its own.
     """
     weights = str(weights) if weights else None
     if spec.startswith("timm:"):
@@ -170,7 +174,7 @@ def resolve_encoder(
             return _with_size(_from_run(spec, target, True, seed), image_size)
         if target.startswith("timm:"):
             return _from_timm(spec, target[5:], None, data_cfg, image_size, seed, True)
-        return _from_arch(spec, target, _sized(data_cfg, image_size), seed)
+        return _from_arch(spec, target, _sized(data_cfg, image_size), seed, model_cfg)
     check_encoder_spec(spec)
     enc = _with_size(_from_run(spec, spec, False, seed), image_size)
     enc.twin = _with_size(_from_run(f"random:{spec}", spec, True, seed), image_size)

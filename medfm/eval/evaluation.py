@@ -63,7 +63,9 @@ def evaluate(
     enc = (
         encoder
         if isinstance(encoder, EvalEncoder)
-        else resolve_encoder(encoder, _data_cfg(rows, cfg), weights, image_size, int(cfg.seed))
+        else resolve_encoder(
+            encoder, _data_cfg(rows, cfg), weights, image_size, int(cfg.seed), cfg.model
+        )
     )
     if pooling:
         enc.cfg.model.pooling = pooling

@@ -213,3 +213,22 @@ def test_timm_encoder_from_a_local_weights_file(tmp_path):
         resolve_encoder(str(tmp_path / "nowhere"), data_cfg)
     arch = resolve_encoder("random:vit_tiny_patch16_224", data_cfg)
     assert arch.twin is None and arch.build().patch_embed.img_size == (32, 32)
+
+
+def test_three_dimensional_volumes_from_a_medmnist_3d_file(tmp_path):
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for split, n in (("train", 16), ("val", 8), ("test", 12)):
+        labels = np.arange(n) % 2
+        volumes = rng.integers(0, 100, size=(n, 28, 28, 28)).astype(np.uint8)
+        volumes[labels == 1, 8:20, 8:20, 8:20] += 150
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = volumes, labels[:, None]
+    npz = tmp_path / "tiny3d.npz"
+    np.savez(npz, **arrays)
+    cfg = _cfg(
+        "eval.heads=[linear,gda]", "data.image_size=16", "model.depth=1", "model.patch_size=8"
+    )
+    metrics = evaluate("random:vit3d_tiny", npz, cfg, tmp_path / "out", progress=False)
+    assert set(metrics) == {"linear", "gda", "pixels:linear"}  # a random: encoder has no twin
+    assert metrics["pixels:linear"]["full"]["test_auc"] > 0.9
+    assert 0.0 <= metrics["linear"]["full"]["test_auc"] <= 1.0

@@ -48,3 +48,17 @@ def test_every_stem_parameter_gets_a_gradient(objective):
     for name, p in obj.named_parameters():
         if p.requires_grad and "patch_embed.proj" in name:
             assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_a_conv_stem_encoder_loads_into_timm_after_use_conv_stem(tmp_path):
+    import timm
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+
+    from medfm.models.conv_stem import use_conv_stem
+
+    cfg = _cfg("data.channels=1")
+    save_encoder(build_backbone(cfg.model, 28, 1), cfg, tmp_path)
+    saved = OmegaConf.load(tmp_path / "config.yaml").encoder
+    plain = timm.create_model(saved.timm_name, **saved.timm_kwargs)
+    use_conv_stem(plain).load_state_dict(load_file(str(tmp_path / "encoder.safetensors")))
