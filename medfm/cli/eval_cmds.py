@@ -19,7 +19,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "OUT/metrics.json ({head: {protocol: {test_auc, test_auc_ci95, test_acc, test_bacc, "
         "test_f1, test_ece, per_center}}}), OUT/metrics.md, ROC curves, per-center bars and "
         "label-efficiency curves, and one nested MLflow run per head and protocol.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--encoder",
@@ -36,7 +35,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--heads",
         default="linear,knn,gda,prototype,mlp,finetune",
-        help="comma-separated: linear, knn, gda, prototype, mlp, finetune, soup",
+        help="comma-separated: linear, knn, gda, prototype, mlp, finetune, soup "
+        "(default: all but soup)",
     )
     p.add_argument(
         "--protocol",
@@ -45,7 +45,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="full | fewshot:K[,K...] | fraction:F[,F...] | loco; repeatable "
         "(default: full). fewshot alone means 1,5,10,20 shots; fraction alone 0.01,0.1,1",
     )
-    p.add_argument("--seeds", type=int, default=1, help="repetitions, reported as mean ± std")
+    p.add_argument(
+        "--seeds", type=int, default=1, help="repetitions, reported as mean ± std (default: 1)"
+    )
     p.add_argument(
         "--pooling", choices=("mean", "cls"), help="feature pooling (default: the encoder's)"
     )
@@ -53,7 +55,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help="resize images to this size (timm encoders)")
     p.add_argument("--cache-dir", help="feature cache folder (default: OUT/feature_cache)")
     p.add_argument("--no-baselines", action="store_true", help="skip random: and pixels: rows")
-    p.add_argument("--seed", type=int, default=0, help="seed of random-init weights")
+    p.add_argument("--seed", type=int, default=0, help="seed of random-init weights (default: 0)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument(
