@@ -20,3 +20,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     exec(compile(code, str(path), "exec"), namespace)  # noqa: S102
     assert 0.5 < namespace["heads"]["linear"]["test_auc"] <= 1.0
     assert os.path.isfile(tmp_path / "runs/notebook/robustness/embedding_map.png")
+    metrics = namespace["metrics"]
+    assert set(metrics["linear"]) == {"full", "fewshot:1", "fewshot:5", "loco"}
+    assert metrics["linear"]["fewshot:5"]["n_seeds"] == 3
+    assert set(metrics) >= {"random:linear", "pixels:linear"}
+    assert os.path.isfile(tmp_path / "runs/notebook/evaluate/label_efficiency.png")

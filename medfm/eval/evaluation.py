@@ -40,7 +40,7 @@ def _data_cfg(rows: list[dict], cfg: DictConfig) -> DictConfig:
 
 
 def evaluate(
-    encoder: str | EvalEncoder,
+    encoder: str | os.PathLike | EvalEncoder,
     data: str | os.PathLike,
     cfg: DictConfig,
     out_dir: str | os.PathLike,
@@ -55,6 +55,8 @@ def evaluate(
     """Every head in ``eval.heads`` under every protocol in ``eval.protocols``, over
     ``eval.seeds``, with the random-init and raw-pixel baselines; writes ``out_dir/metrics.json``,
     ``metrics.md`` and plots and returns ``{head: {protocol: metrics}}``."""
+    if isinstance(encoder, os.PathLike):
+        encoder = str(encoder)
     if isinstance(encoder, str):
         check_encoder_spec(encoder)
     logger, out_dir = logger or NullLogger(), S.ensure_dir(out_dir)
