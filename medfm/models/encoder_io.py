@@ -2,8 +2,8 @@
 
 Loading needs no pickle. For a 2D timm backbone the state-dict keys are timm's own, so the weights
 also load into a plain ``timm.create_model(encoder.timm_name, **encoder.timm_kwargs)`` (with
-``model.stem: conv``, pass that model through ``medfm.models.conv_stem.use_conv_stem`` first). For a 3D
-(``vit3d_*`` / ``unified_*``) backbone the keys are :class:`~medfm.models.vit3d.ViT3D`'s;
+``model.stem: conv``, pass that model through ``medfm.models.conv_stem.use_conv_stem`` first).
+For a 3D (``vit3d_*`` / ``unified_*``) backbone the keys are :class:`~medfm.models.vit3d.ViT3D`'s;
 ``medfm.models.vit3d.to_monai_state_dict`` maps them onto
 ``monai.networks.nets.ViT(**encoder.monai_vit_kwargs)`` (no class token there: see that module).
 """
