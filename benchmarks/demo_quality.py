@@ -22,19 +22,30 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--quick", action="store_true", help="the --quick demo instead")
     args = parser.parse_args()
-    header = (f"{'strength':>8} {'seed':>4} {'linear':>7} {'knn':>7} {'random':>7} "
-              f"{'lin/rand':>8} {'RI':>6} {'RI_norm':>7} {'sec':>6}")
+    header = (
+        f"{'strength':>8} {'seed':>4} {'linear':>7} {'knn':>7} {'random':>7} "
+        f"{'lin/rand':>8} {'RI':>6} {'RI_norm':>7} {'sec':>6}"
+    )
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
         for strength in args.strengths:
             for seed in args.seeds:
-                s = run_demo(Path(tmp) / f"s{strength}-{seed}", quick=args.quick,
-                             center_strength=strength, seed=seed, tracking=False, progress=False)
-                print(f"{strength:>8.2f} {seed:>4d} {s['linear_auc']:>7.3f} {s['knn_auc']:>7.3f} "
-                      f"{s['random_init_linear_auc']:>7.3f} "
-                      f"{s['linear_auc'] / s['random_init_linear_auc']:>8.3f} "
-                      f"{s['robustness_index']:>6.2f} {s['robustness_index_normalized']:>7.3f} "
-                      f"{s['seconds']:>6.0f}", flush=True)
+                s = run_demo(
+                    Path(tmp) / f"s{strength}-{seed}",
+                    quick=args.quick,
+                    center_strength=strength,
+                    seed=seed,
+                    tracking=False,
+                    progress=False,
+                )
+                print(
+                    f"{strength:>8.2f} {seed:>4d} {s['linear_auc']:>7.3f} {s['knn_auc']:>7.3f} "
+                    f"{s['random_init_linear_auc']:>7.3f} "
+                    f"{s['linear_auc'] / s['random_init_linear_auc']:>8.3f} "
+                    f"{s['robustness_index']:>6.2f} {s['robustness_index_normalized']:>7.3f} "
+                    f"{s['seconds']:>6.0f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

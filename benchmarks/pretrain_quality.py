@@ -42,8 +42,10 @@ def _probe(table: FeatureTable, cfg) -> float:
 
 def _raw_pixels(data: Path, rows: list[dict], cfg) -> float:
     npz = np.load(data)
-    images = {s: npz[f"{s}_images"].reshape(len(npz[f"{s}_images"]), -1) / 255.0
-              for s in ("train", "val", "test")}
+    images = {
+        s: npz[f"{s}_images"].reshape(len(npz[f"{s}_images"]), -1) / 255.0
+        for s in ("train", "val", "test")
+    }
     feats = np.concatenate([images["train"], images["val"], images["test"]]).astype(np.float32)
     return _probe(FeatureTable.from_rows(feats, rows), cfg)
 
@@ -66,10 +68,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             out = (args.keep or Path(tmp)) / f"seed{seed}"
-            cfg = load_config(args.config, [f"data.path={args.data}", f"out_dir={out}",
-                                            f"seed={seed}", f"train.max_minutes={args.minutes}",
-                                            "tracking.enabled=false", "train.progress=false",
-                                            *args.overrides])
+            cfg = load_config(
+                args.config,
+                [
+                    f"data.path={args.data}",
+                    f"out_dir={out}",
+                    f"seed={seed}",
+                    f"train.max_minutes={args.minutes}",
+                    "tracking.enabled=false",
+                    "train.progress=false",
+                    *args.overrides,
+                ],
+            )
             start = time.perf_counter()
             _, result = pretrain(cfg)
             minutes = (time.perf_counter() - start) / 60
@@ -77,16 +87,23 @@ def main() -> None:
             random, _ = encoder_features(out, rows, random_init=True, seed=seed, progress=False)
             results["pretrained"].append(_probe(trained, cfg))
             results["random init"].append(_probe(random, cfg))
-            print(f"seed {seed}: {result.steps} steps in {minutes:.1f} min; linear AUC "
-                  f"pretrained {results['pretrained'][-1]:.3f}, "
-                  f"random init {results['random init'][-1]:.3f}", flush=True)
+            print(
+                f"seed {seed}: {result.steps} steps in {minutes:.1f} min; linear AUC "
+                f"pretrained {results['pretrained'][-1]:.3f}, "
+                f"random init {results['random init'][-1]:.3f}",
+                flush=True,
+            )
         results["raw pixels"] = [_raw_pixels(args.data, rows, cfg)]
     for name, values in results.items():
-        print(f"{name:12} linear-probe test AUC {np.mean(values):.3f} ± {np.std(values):.3f} "
-              f"(n={len(values)})")
+        print(
+            f"{name:12} linear-probe test AUC {np.mean(values):.3f} ± {np.std(values):.3f} "
+            f"(n={len(values)})"
+        )
     gap = np.mean(results["pretrained"]) - np.mean(results["random init"])
-    print(f"pretrained - random = {gap:+.3f}; acceptance needs > 2 x random std = "
-          f"{2 * np.std(results['random init']):.3f}")
+    print(
+        f"pretrained - random = {gap:+.3f}; acceptance needs > 2 x random std = "
+        f"{2 * np.std(results['random init']):.3f}"
+    )
 
 
 if __name__ == "__main__":

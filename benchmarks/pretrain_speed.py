@@ -30,7 +30,7 @@ class MaskTokensInEncoder(MAE):
     def forward(self, batch):
         images = batch["image"]
         enc = self.encoder
-        x = enc.patch_embed(images) + enc.pos_embed[:, enc.num_prefix_tokens:]
+        x = enc.patch_embed(images) + enc.pos_embed[:, enc.num_prefix_tokens :]
         b, n, _ = x.shape
         mask = torch.zeros(b, n, device=x.device)
         keep = int(n * (1 - self.mask_ratio))
@@ -48,10 +48,17 @@ class MaskTokensInEncoder(MAE):
 
 
 def _model(cls, img: int, channels: int):
-    cfg = load_config(None, ["model.name=vit_small_patch16_224", "model.patch_size=16",
-                             "model.depth=null"])
-    mae = cls(build_backbone(cfg.model, img, channels), mask_ratio=0.75, decoder_dim=256,
-              decoder_depth=2, decoder_heads=8, norm_pix_loss=False)
+    cfg = load_config(
+        None, ["model.name=vit_small_patch16_224", "model.patch_size=16", "model.depth=null"]
+    )
+    mae = cls(
+        build_backbone(cfg.model, img, channels),
+        mask_ratio=0.75,
+        decoder_dim=256,
+        decoder_depth=2,
+        decoder_heads=8,
+        norm_pix_loss=False,
+    )
     mae.enc_mask_token = torch.nn.Parameter(torch.zeros(1, 1, mae.encoder.embed_dim))
     return mae
 
@@ -88,14 +95,17 @@ def main() -> None:
     full.load_state_dict(visible.state_dict(), strict=False)
     t_vis, f_vis = _step_time(visible, images, args.steps)
     t_full, f_full = _step_time(full, images, args.steps)
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads; "
-          f"ViT-S/16, {args.img} px, batch {args.batch}, 75 % masking")
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads; "
+        f"ViT-S/16, {args.img} px, batch {args.batch}, 75 % masking"
+    )
     print(f"fp32 matmul rate (1024^3, this run): {peak / 1e9:8.1f} GFLOP/s")
     print(f"{'':32} {'s/step':>8} {'GFLOP/step':>11} {'img/s':>7} {'MFU':>6}")
-    for name, t, f in (("MAE, visible-only encoder", t_vis, f_vis),
-                       ("mask tokens through encoder", t_full, f_full)):
-        print(f"{name:32} {t:8.3f} {f / 1e9:11.1f} {args.batch / t:7.1f} "
-              f"{f / t / peak:6.1%}")
+    for name, t, f in (
+        ("MAE, visible-only encoder", t_vis, f_vis),
+        ("mask tokens through encoder", t_full, f_full),
+    ):
+        print(f"{name:32} {t:8.3f} {f / 1e9:11.1f} {args.batch / t:7.1f} {f / t / peak:6.1%}")
     print(f"speed-up of visible-only over mask tokens: {t_full / t_vis:.2f}x (target >= 2x)")
 
 

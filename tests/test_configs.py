@@ -14,8 +14,15 @@ from medfm.train.pretrain import pretrain
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
 PRETRAIN = [p for p in CONFIGS if p.parent.name == "pretrain"]
-TINY = ["model.depth=1", "train.max_steps=2", "train.batch_size=4", "train.progress=false",
-        "tracking.enabled=false", "train.warmup_steps=1", "train.monitor_every=0"]
+TINY = [
+    "model.depth=1",
+    "train.max_steps=2",
+    "train.batch_size=4",
+    "train.progress=false",
+    "tracking.enabled=false",
+    "train.warmup_steps=1",
+    "train.monitor_every=0",
+]
 
 
 def test_every_recipe_loads_and_says_how_to_launch():
@@ -29,24 +36,32 @@ def test_every_recipe_loads_and_says_how_to_launch():
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("cfg")
     labels = write_dataset(root / "d2", SyntheticSpec(cases_per_center=4, images_per_case=1))
-    manifest = ingest([root / "d2" / "raw"], root / "i2", labels=labels, salt="s",
-                      progress=False).manifest
+    manifest = ingest(
+        [root / "d2" / "raw"], root / "i2", labels=labels, salt="s", progress=False
+    ).manifest
     rng = np.random.default_rng(0)
     npz3d = root / "vol3d.npz"
-    np.savez(npz3d, train_images=rng.integers(0, 255, (6, 28, 28, 28), dtype=np.uint8),
-             train_labels=np.arange(6).reshape(-1, 1) % 2)
+    np.savez(
+        npz3d,
+        train_images=rng.integers(0, 255, (6, 28, 28, 28), dtype=np.uint8),
+        train_labels=np.arange(6).reshape(-1, 1) % 2,
+    )
     npz2d = root / "img2d.npz"
-    np.savez(npz2d, train_images=rng.integers(0, 255, (6, 28, 28, 3), dtype=np.uint8),
-             train_labels=np.arange(6).reshape(-1, 1) % 2)
+    np.savez(
+        npz2d,
+        train_images=rng.integers(0, 255, (6, 28, 28, 3), dtype=np.uint8),
+        train_labels=np.arange(6).reshape(-1, 1) % 2,
+    )
     return {"manifest": manifest, "npz3d": npz3d, "npz2d": npz2d}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", PRETRAIN, ids=[p.stem for p in PRETRAIN])
 def test_pretrain_recipe_runs(recipe, data, tmp_path):
-    source = {"mae_vit_tiny_3d": f"data.path={data['npz3d']}",
-              "medmnist_2d": f"data.path={data['npz2d']}"}.get(
-        recipe.stem, f"data.manifest={data['manifest']}")
+    source = {
+        "mae_vit_tiny_3d": f"data.path={data['npz3d']}",
+        "medmnist_2d": f"data.path={data['npz2d']}",
+    }.get(recipe.stem, f"data.manifest={data['manifest']}")
     cfg = load_config(recipe, [*TINY, source, f"out_dir={tmp_path}"])
     out, result = pretrain(cfg)
     assert result.steps == 2 and np.isfinite(result.final_loss)
@@ -54,8 +69,9 @@ def test_pretrain_recipe_runs(recipe, data, tmp_path):
     if recipe.stem == "mae_vit_tiny_3d":
         x = torch.rand(1, 1, 32, 32, 32)
     else:
-        x = torch.rand(1, int(enc_cfg.data.channels), enc_cfg.data.image_size,
-                       enc_cfg.data.image_size)
+        x = torch.rand(
+            1, int(enc_cfg.data.channels), enc_cfg.data.image_size, enc_cfg.data.image_size
+        )
     assert torch.isfinite(model.forward_features(x)).all()
     if recipe.stem == "medmnist_2d":
         assert enc_cfg.data.channels == 3  # found from the RGB file

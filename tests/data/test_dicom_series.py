@@ -150,14 +150,22 @@ def _quarantine(out: Path) -> list[dict]:
 
 
 def test_acquisition_confounders_become_manifest_columns(tmp_path):
-    extra = {"Manufacturer": "ZZVendor", "ManufacturerModelName": "Scanner X", "KVP": 120,
-             "SliceThickness": 2.0, "InstitutionName": "ZZ Secret Hospital"}
+    extra = {
+        "Manufacturer": "ZZVendor",
+        "ManufacturerModelName": "Scanner X",
+        "KVP": 120,
+        "SliceThickness": 2.0,
+        "InstitutionName": "ZZ Secret Hospital",
+    }
     for i, z in enumerate((0.0, 2.0, 4.0)):
         _slice(tmp_path / "src", f"s{i}.dcm", z, 20, **extra)
     result = ingest([tmp_path / "src"], tmp_path / "out", salt="s", progress=False)
     (row,) = result.rows
-    assert (row["manufacturer"], row["scanner_model"], row["kvp"]) == ("ZZVendor", "Scanner X",
-                                                                        "120")
+    assert (row["manufacturer"], row["scanner_model"], row["kvp"]) == (
+        "ZZVendor",
+        "Scanner X",
+        "120",
+    )
     assert row["slice_thickness"] == "1-3mm"
     assert row["institution"].startswith("c-")
     assert "ZZ Secret Hospital" not in (tmp_path / "out" / "manifest.csv").read_text()

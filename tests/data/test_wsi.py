@@ -342,17 +342,25 @@ def test_ingest_tiles_slides_into_pseudonymised_rows(tmp_path, base, tissue):
     src.mkdir(parents=True)
     write_svs_layout(src / "ZZSURNAME_slide.svs", base)
     (src.parent / "broken.svs").write_bytes(b"II*\0" + b"\0" * 12)
-    result = ingest([tmp_path / "src"], tmp_path / "out", salt="s", center="folder:0",
-                    tiles=TileOptions(tile_size=TILE), progress=False)
+    result = ingest(
+        [tmp_path / "src"],
+        tmp_path / "out",
+        salt="s",
+        center="folder:0",
+        tiles=TileOptions(tile_size=TILE),
+        progress=False,
+    )
     expected = {k for k, f in true_fractions(tissue, TILE).items() if f >= 0.5}
     assert len(result.rows) == len(expected)
     assert result.counts["seen"] == 2 and result.counts["accepted"] == 1
     assert list(result.counts["rejected_by_reason"]) and "broken.svs" in next(
-        iter(result.counts["rejected_by_reason"]))
+        iter(result.counts["rejected_by_reason"])
+    )
     for row in result.rows:
         assert row["format"] == "wsi_tile" and row["modality"] == "SM"
         assert row["center"] == "center_x" and row["series"].startswith("slide-")
         assert "ZZSURNAME" not in row["path"] and Path(row["path"]).is_file()
         assert row["shape"] == f"{TILE}x{TILE}x3"
     assert "ZZSURNAME" not in (tmp_path / "out" / "manifest.csv").read_text().replace(
-        str(tmp_path / "src"), "")
+        str(tmp_path / "src"), ""
+    )

@@ -20,10 +20,20 @@ def manifest(tmp_path_factory):
 
 
 def test_monitors_are_logged_and_best_checkpoint_kept(manifest, tmp_path):
-    cfg = load_config(None, [
-        f"data.manifest={manifest.manifest}", f"out_dir={tmp_path}", "model.depth=1",
-        "train.max_steps=4", "train.batch_size=8", "train.monitor_every=2",
-        "train.progress=false", "tracking.enabled=false", "robustness.k=3"])
+    cfg = load_config(
+        None,
+        [
+            f"data.manifest={manifest.manifest}",
+            f"out_dir={tmp_path}",
+            "model.depth=1",
+            "train.max_steps=4",
+            "train.batch_size=8",
+            "train.monitor_every=2",
+            "train.progress=false",
+            "tracking.enabled=false",
+            "robustness.k=3",
+        ],
+    )
     _, result = pretrain(cfg)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     monitors = [r for r in records if "monitor/knn_acc" in r]
@@ -33,8 +43,11 @@ def test_monitors_are_logged_and_best_checkpoint_kept(manifest, tmp_path):
         # three centers in the val split; few val patients per class, so it may be 0
         assert 0.0 <= r["monitor/robustness_index"] < float("inf")
     best = max(monitors, key=lambda r: (r["monitor/knn_acc"], -r["step"]))
-    assert result.best == {"metric": "knn_acc", "value": best["monitor/knn_acc"],
-                           "step": best["step"]}
+    assert result.best == {
+        "metric": "knn_acc",
+        "value": best["monitor/knn_acc"],
+        "step": best["step"],
+    }
     saved = load_checkpoint(tmp_path / "best.pt")
     assert saved["step"] == best["step"] and "model" in saved
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())

@@ -17,21 +17,38 @@ from medfm.data.ingest import ingest
 from medfm.data.synthetic import SyntheticSpec, write_dataset
 
 pytestmark = pytest.mark.slow
-TINY = ["model.depth=2", "data.image_size=32", "train.batch_size=8", "train.warmup_steps=2",
-        "train.progress=false", "tracking.enabled=false", "train.log_every=1", "seed=3"]
+TINY = [
+    "model.depth=2",
+    "data.image_size=32",
+    "train.batch_size=8",
+    "train.warmup_steps=2",
+    "train.progress=false",
+    "tracking.enabled=false",
+    "train.log_every=1",
+    "seed=3",
+]
 
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     root = tmp_path_factory.mktemp("mp")
     labels = write_dataset(root / "data", SyntheticSpec(cases_per_center=8, images_per_case=2))
-    return ingest([root / "data" / "raw"], root / "ingest", labels=labels, salt="s",
-                  progress=False).manifest
+    return ingest(
+        [root / "data" / "raw"], root / "ingest", labels=labels, salt="s", progress=False
+    ).manifest
 
 
 def _cmd(out: Path, manifest: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "medfm", "pretrain", f"data.manifest={manifest}",
-            f"out_dir={out}", *TINY, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "medfm",
+        "pretrain",
+        f"data.manifest={manifest}",
+        f"out_dir={out}",
+        *TINY,
+        *extra,
+    ]
 
 
 def _env() -> dict:
@@ -64,8 +81,12 @@ def test_sigkill_then_resume_is_bitwise_identical(manifest, tmp_path):
     subprocess.run(_cmd(straight, manifest, *steps), env=_env(), check=True, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(killed, manifest, *steps), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(killed, manifest, *steps),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while _checkpoint_step(killed) < 8 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -87,10 +108,10 @@ def test_two_ddp_processes_match_one(manifest, tmp_path):
     steps = ["train.max_steps=5", "train.checkpoint_every=100"]
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(_cmd(one, manifest, *steps), env=_env(), check=True, capture_output=True)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node=2"]
-    result = subprocess.run([*torchrun, *_cmd(two, manifest, *steps)[1:]], env=_env(),
-                            capture_output=True, text=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run(
+        [*torchrun, *_cmd(two, manifest, *steps)[1:]], env=_env(), capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     losses_one, losses_two = _losses(one), _losses(two)
     assert len(losses_one) == len(losses_two) == 5
