@@ -92,12 +92,9 @@ def _from_arch(
 
 
 def _timm_cfg(name: str, data_cfg: DictConfig, image_size: int | None) -> DictConfig:
-    size = (
-        image_size
-        or timm.create_model(name, pretrained=False).pretrained_cfg.get(
-            "input_size", (3, 224, 224)
-        )[-1]
-    )
+    """The data settings of a timm model: its default input size unless ``image_size``."""
+    default = timm.models.get_pretrained_cfg(name)
+    size = image_size or (default.input_size[-1] if default is not None else 224)
     cfg = OmegaConf.create({"model": {"name": name, "pooling": "mean"}, "data": data_cfg})
     cfg.data.image_size = int(size)
     return cfg
@@ -126,9 +123,10 @@ def _from_timm(
     def build() -> nn.Module:
         torch.manual_seed(seed)
         kwargs = {"num_classes": 0, "in_chans": int(cfg.data.channels)}
-        if name.startswith(("vit", "deit", "eva", "beit")):
-            kwargs["img_size"] = int(cfg.data.image_size)
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        try:  # transformers take the input size; convolutional networks do not need it
+            model = timm.create_model(name, img_size=int(cfg.data.image_size), **kwargs)
+        except TypeError:
+            model = timm.create_model(name, **kwargs)
         if not random_init:
             load_local_weights(model, weights)
         return model.eval()
@@ -189,7 +187,7 @@ def _sized(data_cfg: DictConfig, image_size: int | None) -> DictConfig:
 
 
 def _with_size(enc: EvalEncoder, image_size: int | None) -> EvalEncoder:
-    """A medfm run evaluated at another ``data.image_size`` (its position table is resized)."""
+    """A medfm run is evaluated at the image size it was pre-trained at."""
     if image_size and int(image_size) != int(enc.cfg.data.image_size):
         raise ValueError(
             f"{enc.name} was pre-trained at data.image_size={enc.cfg.data.image_size}; "

@@ -9,7 +9,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from medfm.eval.classification_metrics import classification_report
-from medfm.eval.heads import HEADS, KNNHead, LinearProbe
+from medfm.eval.heads import build_head
 from medfm.eval.metrics import accuracy, auc
 from medfm.eval.robustness import robustness_index
 
@@ -36,16 +36,6 @@ class FeatureTable:
         return self.features[keep], self.label[keep]
 
 
-def _make_head(name: str, eval_cfg: DictConfig):
-    if name not in HEADS:
-        raise ValueError(f"eval.heads: unknown head {name!r}; available: {sorted(HEADS)}")
-    if name == "linear":
-        return LinearProbe(Cs=tuple(eval_cfg.linear_c_grid))
-    if name == "knn":
-        return KNNHead(ks=tuple(eval_cfg.knn_k_grid))
-    return HEADS[name]()
-
-
 def evaluate_heads(table: FeatureTable, eval_cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Fit each head on train (choosing its hyper-parameter on val) and score it on test."""
     X_tr, y_tr = table.part("train")
@@ -55,7 +45,7 @@ def evaluate_heads(table: FeatureTable, eval_cfg: DictConfig) -> dict[str, dict[
         raise ValueError("the manifest needs labelled rows in both the 'train' and 'test' splits")
     results = {}
     for name in eval_cfg.heads:
-        head = _make_head(str(name), eval_cfg).fit(
+        head = build_head(str(name), eval_cfg).fit(
             X_tr, y_tr, X_va if len(X_va) else None, y_va if len(y_va) else None
         )
         proba = head.predict_proba(X_te)

@@ -33,10 +33,7 @@ from medfm.train.pretrain import infer_channels
 
 def _data_cfg(rows: list[dict], cfg: DictConfig) -> DictConfig:
     """``data.*`` for architectures given by name, channels found from the first image."""
-    return infer_channels(
-        OmegaConf.merge(cfg, {"data": {"channels": None}}) if cfg.data.channels is None else cfg,
-        rows,
-    ).data
+    return infer_channels(OmegaConf.merge(cfg, {"data": {"channels": None}}), rows).data
 
 
 def evaluate(
@@ -76,11 +73,11 @@ def evaluate(
     protocols = S.protocols_of(cfg)
     dataset = build_dataset(rows, enc.cfg.data, progress=progress)
     cache = Path(cache_dir) if cache_dir else out_dir / "feature_cache"
-    sources = {"": S.encoder_features(enc, rows, dataset, cache, progress)}
+    sources = {"": S.cached_encoder_features(enc, rows, dataset, cache, progress)}
     if cfg.eval.baselines and enc.twin is not None:
         if enc.twin.cfg.model.pooling != enc.cfg.model.pooling:
             enc.twin.cfg.model.pooling = enc.cfg.model.pooling
-        sources["random:"] = S.encoder_features(enc.twin, rows, dataset, cache, progress)
+        sources["random:"] = S.cached_encoder_features(enc.twin, rows, dataset, cache, progress)
     if cfg.eval.baselines:
         sources["pixels:"] = S.pixel_features(dataset)
     logger.log_params(
@@ -111,8 +108,9 @@ def _feature_rows(sources, heads, protocols, task, cfg, progress):
     ]
     bar = S.progress_bar(len(todo) * len(protocols), progress)
     n_boot = int(cfg.eval.bootstrap)
+    sources = {k: np.asarray(v, dtype=np.float64) for k, v in sources.items()}
     for prefix, head in todo:
-        X = np.asarray(sources[prefix], dtype=np.float64)
+        X = sources[prefix]
         for protocol in protocols:
             seeds = S.n_seeds(head, protocol, int(cfg.eval.seeds))
             result, first = S.run_protocol(

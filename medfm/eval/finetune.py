@@ -18,7 +18,6 @@ which model soups (:mod:`medfm.eval.soups`) need.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import re
@@ -119,9 +118,9 @@ class FineTuneClassifier(nn.Module):
 
 @dataclasses.dataclass
 class FineTuneResult:
-    """The best weights (by validation AUC), that AUC and the step it was reached at."""
+    """The validation AUC of the kept weights (NaN without a val split), the step they come
+    from, and the steps the run took (the returned classifier holds those weights)."""
 
-    state_dict: dict[str, torch.Tensor]
     val_auc: float
     step: int
     steps_run: int
@@ -206,9 +205,7 @@ def fine_tune(
     best = load_checkpoint(out_dir / "best.pt")
     if best is not None:
         model.load_state_dict(best["model"])
-        summary = FineTuneResult(copy.deepcopy(best["model"]), best["value"], best["step"], 0)
-    else:  # no validation AUC (a single-class val split): the last weights
-        state = copy.deepcopy(model.state_dict())
-        summary = FineTuneResult(state, float("nan"), result.steps, 0)
-    summary.steps_run = result.steps
+        summary = FineTuneResult(best["value"], best["step"], result.steps)
+    else:  # no validation AUC (no val split of two classes): the last weights
+        summary = FineTuneResult(float("nan"), result.steps, result.steps)
     return model.eval(), summary

@@ -108,3 +108,17 @@ HEADS = {"linear": LinearProbe, "knn": KNNHead}
 from medfm.eval.heads_extra import GDAHead, MLPHead, PrototypeHead  # noqa: E402
 
 HEADS.update({"gda": GDAHead, "prototype": PrototypeHead, "mlp": MLPHead})
+
+
+def build_head(name: str, eval_cfg, seed: int = 0):
+    """A fresh head named in ``eval.heads``: the linear probe's C grid and kNN's k grid come from
+    ``eval_cfg``; the MLP's initialisation follows ``seed``."""
+    if name not in HEADS:
+        raise ValueError(f"eval.heads: unknown head {name!r}; available: {sorted(HEADS)}")
+    if name == "linear":
+        return LinearProbe(Cs=tuple(eval_cfg.linear_c_grid))
+    if name == "knn":
+        return KNNHead(ks=tuple(eval_cfg.knn_k_grid))
+    if name == "mlp":
+        return HEADS["mlp"](random_state=seed)
+    return HEADS[name]()

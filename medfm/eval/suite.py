@@ -29,7 +29,7 @@ from medfm.eval.eval_plots import label_efficiency_curves, per_center_bars, roc_
 from medfm.eval.eval_table import write_metrics_markdown
 from medfm.eval.feature_cache import cached_features, feature_key
 from medfm.eval.features import extract_features
-from medfm.eval.heads import HEADS, KNNHead, LinearProbe
+from medfm.eval.heads import build_head
 from medfm.eval.protocols import Protocol, parse_protocols
 from medfm.eval.runner import write_json
 from medfm.eval.tasks import EvalTask, Fold, aggregate
@@ -51,21 +51,10 @@ def check_heads(heads: list[str]) -> None:
         )
 
 
-def make_head(name: str, eval_cfg: DictConfig, seed: int):
-    """A fresh head; the MLP's initialisation follows ``seed``."""
-    if name == "linear":
-        return LinearProbe(Cs=tuple(eval_cfg.linear_c_grid))
-    if name == "knn":
-        return KNNHead(ks=tuple(eval_cfg.knn_k_grid))
-    if name == "mlp":
-        return HEADS["mlp"](random_state=seed)
-    return HEADS[name]()
-
-
 # ------------------------------------------------------------------------------ features
 
 
-def encoder_features(enc: EvalEncoder, rows: list[dict], dataset, cache_dir, progress: bool):
+def cached_encoder_features(enc: EvalEncoder, rows: list[dict], dataset, cache_dir, progress: bool):
     pooling = str(enc.cfg.model.pooling)
     data = {
         k: enc.cfg.data.get(k)
@@ -137,7 +126,7 @@ def fit_predict(name: str, X: np.ndarray, task: EvalTask, fold: Fold, cfg: DictC
     """Fit a feature head on the fold's train rows (val for its hyper-parameter); test proba."""
 
     def one(y: np.ndarray):
-        head = make_head(name, cfg.eval, seed)
+        head = build_head(name, cfg.eval, seed)
         y_tr, y_va = y[fold.train], y[fold.val]
         if len(np.unique(y_tr)) < 2:
             raise ValueError(f"{name}: the training rows of this protocol hold a single class")
