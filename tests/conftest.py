@@ -1,5 +1,6 @@
 """Shared fixtures: a real ``mlflow server`` (sqlite backend, 127.0.0.1, a free port)."""
 
+import math
 import os
 import signal
 import socket
@@ -66,3 +67,35 @@ def mlflow_server(tmp_path_factory):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _assert_nested_close(
+    actual, expected, rel: float = 1e-9, abs_: float = 1e-12, where: str = ""
+) -> None:
+    """Compare dicts / lists / numbers field by field: numbers within a plain tolerance, the rest
+    equal. Unlike ``pytest.approx``, it accepts any nesting on every pytest version."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), (
+            f"{where or 'result'}: keys {sorted(actual)} != {sorted(expected)}"
+        )
+        for key in expected:
+            _assert_nested_close(actual[key], expected[key], rel, abs_, f"{where}.{key}")
+    elif isinstance(expected, list | tuple):
+        assert len(actual) == len(expected), f"{where}: length {len(actual)} != {len(expected)}"
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            _assert_nested_close(a, e, rel, abs_, f"{where}[{i}]")
+    elif isinstance(expected, float) and not isinstance(actual, bool):
+        if math.isnan(expected):
+            assert math.isnan(actual), f"{where}: {actual} is not NaN"
+        else:
+            assert abs(actual - expected) <= max(abs_, rel * abs(expected)), (
+                f"{where}: {actual} != {expected}"
+            )
+    else:
+        assert actual == expected, f"{where}: {actual!r} != {expected!r}"
+
+
+@pytest.fixture
+def nested_close():
+    """``nested_close(actual, expected, rel=1e-9)``: field-by-field comparison of nested results."""
+    return _assert_nested_close

@@ -15,15 +15,19 @@ BACKENDS = ["torch", pytest.param("faiss", marks=needs_faiss)]
 
 def brute_force(embeddings, k, groups=None):
     """Reference: the full float64 similarity matrix, excluded pairs at -inf, a stable sort."""
-    x = np.asarray(embeddings, dtype=np.float64)
-    x = x / np.linalg.norm(x, axis=1, keepdims=True)
-    sims = x @ x.T
+    sims = cosine_matrix(embeddings)
     np.fill_diagonal(sims, -np.inf)
     if groups is not None:
         groups = np.asarray(groups)
         sims[groups[:, None] == groups[None, :]] = -np.inf
     order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     return order, np.take_along_axis(sims, order, 1)
+
+
+def cosine_matrix(embeddings):
+    x = np.asarray(embeddings, dtype=np.float64)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return x @ x.T
 
 
 def random_case(seed, n=300, d=16, n_groups=60):
@@ -148,7 +152,15 @@ def test_results_repeat_exactly():
         again = knn_search(emb, 8, groups)
         np.testing.assert_array_equal(again[0], first[0])
         np.testing.assert_array_equal(again[1], first[1])
-    np.testing.assert_array_equal(first[0], brute_force(emb, 8, groups)[0])
+    expected, expected_sims = brute_force(emb, 8, groups)
+    found_sims = np.take_along_axis(cosine_matrix(emb), first[0], 1)
+    np.testing.assert_allclose(found_sims, expected_sims, atol=1e-6)
+    # A duplicate pair ties exactly only in exact arithmetic: float32 matmul kernels (which differ
+    # between BLAS builds) may round the two similarities apart, so the pair can come in either
+    # order. Wherever the answer differs from the reference, it holds the other copy.
+    differs = first[0] != expected
+    assert differs.sum() < differs.size // 10
+    np.testing.assert_array_equal(emb[first[0][differs]], emb[expected[differs]])
 
 
 # ------------------------------------------------------------------------- bounded memory
