@@ -90,9 +90,10 @@ def local_modules() -> set[str]:
 def declared_distributions() -> dict[str, str]:
     """Every distribution named in pyproject.toml, normalised, mapped to where it is declared."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    groups = {"dependencies": project["dependencies"], **{
-        f"[{extra}]": reqs for extra, reqs in project.get("optional-dependencies", {}).items()
-    }}
+    groups = {
+        "dependencies": project["dependencies"],
+        **{f"[{extra}]": reqs for extra, reqs in project.get("optional-dependencies", {}).items()},
+    }
     declared: dict[str, str] = {}
     for group, requirements in groups.items():
         for requirement in requirements:
@@ -141,21 +142,23 @@ def test_every_import_is_provided_by_a_declared_distribution():
     for module, files in sorted(third_party_imports().items()):
         dists = {normalize(d) for d in providers.get(module, [])}
         if not dists:
-            problems.append(f"{module!r} (imported by {files[0]}) is provided by no installed "
-                            "distribution: declare the package that provides it in pyproject.toml")
+            problems.append(
+                f"{module!r} (imported by {files[0]}) is provided by no installed "
+                "distribution: declare the package that provides it in pyproject.toml"
+            )
         elif not dists & declared.keys():
-            problems.append(f"{module!r} (imported by {files[0]}) comes from {sorted(dists)}, "
-                            "which pyproject.toml does not declare: add it to the dependencies "
-                            "or to an extra")
+            problems.append(
+                f"{module!r} (imported by {files[0]}) comes from {sorted(dists)}, "
+                "which pyproject.toml does not declare: add it to the dependencies "
+                "or to an extra"
+            )
     assert not problems, "\n".join(problems)
 
 
 def test_every_declared_distribution_is_used():
     providers = metadata.packages_distributions()
     imported = {
-        normalize(dist)
-        for module in third_party_imports()
-        for dist in providers.get(module, [])
+        normalize(dist) for module in third_party_imports() for dist in providers.get(module, [])
     }
     unused = sorted(
         f"{name} ({group})"
