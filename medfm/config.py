@@ -31,8 +31,15 @@ DEFAULTS: dict[str, Any] = {
         "channels": 1,  # null: found from the first image
         "intensity_min": 0.0,  # stored intensities mapped linearly from [min, max] to [0, 1]
         "intensity_max": 255.0,
-        "cache": "memory",  # "none" | "memory" (CacheDataset) | "persistent" (on disk)
-        "cache_dir": None,  # folder for the "persistent" cache (required there)
+        # ordered named steps (medfm.data.preprocess); null: scale intensity_min/max to [0, 1]
+        # and resize to image_size. Saved resolved in the encoder's config.yaml.
+        "preprocess": None,
+        "patch": {"size": None, "samples_per_volume": 1},  # random crops instead of a resize
+        "cache": "auto",  # "none" | "memory" | "persistent" (on disk) | "auto" (memory if it fits)
+        "cache_dir": None,  # folder for the "persistent" cache (default: out_dir/cache)
+        "cache_budget_gb": 4.0,  # "auto": memory only while the cached images fit this budget
+        "num_workers": 0,  # DataLoader worker processes that decode and preprocess
+        "prefetch_factor": 2,  # batches each worker prepares ahead
     },
     "model": {
         "name": "vit_tiny_patch16_224",  # any timm ViT; size is adapted below
@@ -104,6 +111,7 @@ DEFAULTS: dict[str, Any] = {
         "grad_accumulation": 1,  # micro-batches per optimiser step (per process)
         "compile": False,  # torch.compile the objective
         "grad_checkpointing": False,  # recompute transformer blocks in backward
+        "sync_batchnorm": False,  # SyncBatchNorm in projector heads under DDP (CUDA only)
         "monitor_every": 0,  # steps between online monitors (0 = off)
         "monitor_metric": "knn_acc",  # keep out_dir/best.pt by this monitor (higher is better)
         "patience": 0,  # stop after this many monitors without a better monitor_metric (0: off)

@@ -28,10 +28,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medfm.config import load_config
+    from medfm.data.preprocess import resolve_preprocess
     from medfm.tracking.base import make_logger
     from medfm.train.pretrain import pretrain
 
     cfg = load_config(args.config, args.overrides)
+    resolve_preprocess(cfg.data)  # a bad data.preprocess step fails here, before any run starts
     logger = make_logger(cfg.tracking, cfg.out_dir, run_name=cfg.tracking.run_name or "pretrain")
     try:
         out_dir, result = pretrain(cfg, logger)

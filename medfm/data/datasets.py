@@ -5,6 +5,7 @@ Each sample has ``image``, ``label``, ``center``, ``patient``, ``id`` and ``spli
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 from medfm.data.transforms import image_transforms
 
 SAMPLE_KEYS = ("image", "label", "center", "patient", "id", "split")
+log = logging.getLogger(__name__)
 
 
 def rows_for_split(rows: Sequence[dict], split: str | None) -> list[dict]:
@@ -50,19 +52,53 @@ class SafePersistentDataset(PersistentDataset):
             return super()._cachecheck(item_transformed)
 
 
-def build_dataset(rows: Sequence[dict], data_cfg: DictConfig, progress: bool = False) -> Dataset:
-    """MONAI ``Dataset`` (``data.cache=none``), ``CacheDataset`` (``memory``) or a persistent
-    on-disk cache in ``data.cache_dir`` (``persistent``) over manifest rows."""
-    items = [{k: r.get(k, "") for k in SAMPLE_KEYS} | {"image": r["path"]} for r in rows]
-    transform = image_transforms(data_cfg)
-    if data_cfg.cache == "none":
+CACHE_MODES = ("none", "memory", "persistent", "auto")
+
+
+def _items(rows: Sequence[dict]) -> list[dict]:
+    return [{k: r.get(k, "") for k in SAMPLE_KEYS} | {"image": r["path"]} for r in rows]
+
+
+def cache_mode(items: list[dict], transform, data_cfg: DictConfig) -> str:
+    """``data.cache`` with ``auto`` decided: ``memory`` while ``len(items)`` images the size of
+    the first (after preprocessing) fit ``data.cache_budget_gb``, else ``persistent`` when
+    ``data.cache_dir`` is set, else ``none``."""
+    mode = str(data_cfg.cache)
+    if mode not in CACHE_MODES:
+        raise ValueError(f"data.cache={mode!r}: use one of {', '.join(CACHE_MODES)}")
+    if mode != "auto" or not items:
+        return mode
+    first = torch.as_tensor(transform(items[0])["image"])
+    need = first.numel() * first.element_size() * len(items) / 2**30
+    if need <= float(data_cfg.get("cache_budget_gb") or 0.0):
+        return "memory"
+    chosen = "persistent" if data_cfg.get("cache_dir") else "none"
+    log.info(
+        "data.cache=auto: %d images need about %.2f GB, over data.cache_budget_gb=%s; using %s",
+        len(items),
+        need,
+        data_cfg.get("cache_budget_gb"),
+        chosen,
+    )
+    return chosen
+
+
+def build_dataset(
+    rows: Sequence[dict], data_cfg: DictConfig, progress: bool = False, whole_image: bool = True
+) -> Dataset:
+    """MONAI ``Dataset`` (``data.cache=none``), ``CacheDataset`` (``memory``), a persistent
+    on-disk cache in ``data.cache_dir`` (``persistent``), or the one of these that fits
+    ``data.cache_budget_gb`` (``auto``), over manifest rows. Only the deterministic part of
+    preprocessing is cached; ``whole_image=False`` leaves patch sampling to the caller."""
+    items = _items(rows)
+    transform = image_transforms(data_cfg, whole_image=whole_image)
+    mode = cache_mode(items, transform, data_cfg)
+    if mode == "none":
         return Dataset(items, transform)
-    if data_cfg.cache == "persistent":
+    if mode == "persistent":
         if not data_cfg.get("cache_dir"):
             raise ValueError("data.cache=persistent needs data.cache_dir=<folder>")
         return SafePersistentDataset(items, transform, cache_dir=data_cfg.cache_dir)
-    if data_cfg.cache != "memory":
-        raise ValueError(f"data.cache={data_cfg.cache!r}: use 'none', 'memory' or 'persistent'")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ImageOrientationPatient.*")
         return CacheDataset(items, transform, progress=progress, num_workers=0)

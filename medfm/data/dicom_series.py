@@ -152,6 +152,26 @@ def series_spacing(series: list[SliceHeader]) -> tuple[float, ...]:
     return (col, row)
 
 
+def series_affine(series: list[SliceHeader]) -> np.ndarray | None:
+    """RAS voxel-to-world affine ``(4, 4)`` of ordered slices decoded x-first ``(X, Y, Z)``, from
+    ImageOrientationPatient, ImagePositionPatient and PixelSpacing (None without geometry).
+
+    DICOM patient space is LPS; MONAI's readers (and so :mod:`monai.transforms` ``Spacing`` and
+    ``Orientation``) work in RAS, so the x and y rows are negated, as MONAI's ITK reader does.
+    """
+    first = series[0]
+    if not first.orientation or not first.position:
+        return None
+    row_dir, col_dir = np.asarray(first.orientation[:3]), np.asarray(first.orientation[3:6])
+    spacing = series_spacing(series)
+    affine = np.eye(4)
+    affine[:3, 0] = row_dir * spacing[0]  # x (column index) runs along the row direction
+    affine[:3, 1] = col_dir * spacing[1]
+    affine[:3, 2] = _normal(first.orientation) * (spacing[2] if len(spacing) > 2 else 1.0)
+    affine[:3, 3] = np.asarray(first.position)
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+
+
 def decode_slice(header: SliceHeader) -> np.ndarray:
     """One file's pixels in units (RescaleSlope/Intercept applied), x-first: ``(X, Y[, F])``.
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
 
 from medfm.data.dicom_series import (
@@ -23,6 +24,7 @@ from medfm.data.dicom_series import (
     load_series,
     order_slices,
     read_slice_header,
+    series_affine,
     stack_slices,
 )
 from medfm.data.medmnist import load_medmnist_image
@@ -37,19 +39,28 @@ def _monai_loader() -> LoadImage:
         return LoadImage(image_only=True, ensure_channel_first=True)
 
 
+def _with_affine(volume: np.ndarray, headers: list) -> torch.Tensor:
+    """A channel-first DICOM volume as a MONAI ``MetaTensor`` carrying its RAS affine, so that
+    ``spacing`` and ``orientation`` preprocessing steps see the scanner geometry."""
+    affine = series_affine(headers)
+    data = torch.as_tensor(volume[None])
+    return data if affine is None else MetaTensor(data, affine=torch.as_tensor(affine))
+
+
 def load_path(path: str) -> torch.Tensor:
-    """Channel-first float tensor for one manifest ``path``."""
+    """Channel-first float tensor for one manifest ``path`` (a ``MetaTensor`` with its affine
+    for NIfTI and DICOM series)."""
     if "#" in path and path.split("#", 1)[0].endswith(".npz"):
         return torch.as_tensor(load_medmnist_image(path).astype(np.float32))
     if SERIES_SEPARATOR in path:
-        files = [Path(p) for p in path.split(SERIES_SEPARATOR)]
-        return torch.as_tensor(load_series(files)[None])
+        headers = [read_slice_header(Path(p)) for p in path.split(SERIES_SEPARATOR)]
+        return _with_affine(stack_slices([decode_slice(h) for h in headers]), headers)
     if is_dicom_file(Path(path)):  # decoded as ingestion did (multi-frame: frames last)
         return torch.as_tensor(load_series([Path(path)])[None])
     if Path(path).is_dir():  # a folder holding one DICOM series, ordered as ingestion did
         headers = [read_slice_header(p) for p in sorted(Path(path).iterdir()) if p.is_file()]
-        slices = [decode_slice(h) for h in order_slices(headers)]
-        return torch.as_tensor(stack_slices(slices)[None])
+        headers = order_slices(headers)
+        return _with_affine(stack_slices([decode_slice(h) for h in headers]), headers)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ImageOrientationPatient.*")
         return torch.as_tensor(_monai_loader()(path)).float()

@@ -21,6 +21,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from medfm.data.datasets import build_dataset, stack_images
+from medfm.data.preprocess import check_same_preprocess
 from medfm.eval import suite as S
 from medfm.eval.encoders import EvalEncoder, check_encoder_spec, resolve_encoder
 from medfm.eval.finetune import FineTuneClassifier, fine_tune
@@ -66,6 +67,7 @@ def evaluate(
             encoder, _data_cfg(rows, cfg), weights, image_size, int(cfg.seed), cfg.model
         )
     )
+    check_same_preprocess(enc.cfg.data, cfg.data, enc.name)
     if pooling:
         enc.cfg.model.pooling = pooling
     heads = [str(h) for h in cfg.eval.heads]

@@ -33,6 +33,7 @@ from torch import nn
 
 from medfm.config import load_config
 from medfm.data.datasets import stack_images
+from medfm.data.loader import in_memory_batches
 from medfm.eval.metrics import auc
 from medfm.models.backbones import encode
 from medfm.ssl.views import random_resized_crop
@@ -193,10 +194,19 @@ def fine_tune(
 
     cfg = _engine_cfg(ft_cfg, seed, out_dir, len(train_idx))
     info = init_distributed()
-    result = train(
-        model,
+
+    batches = in_memory_batches(
         get_batch,
         len(train_idx),
+        int(cfg.train.batch_size),
+        int(cfg.seed),
+        int(cfg.train.max_steps),
+        info.rank,
+        info.world_size,
+    )
+    result = train(
+        model,
+        batches,
         cfg,
         out_dir,
         monitor=monitor if val_images is not None else None,

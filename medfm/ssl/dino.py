@@ -8,7 +8,10 @@ of different crops (:func:`~medfm.ssl.losses.dino_loss`).
 
 Training-loop contract: after every optimiser step call :meth:`DINO.on_step_end`, which moves the
 teacher towards the student. ``forward`` never updates the teacher (it must see the student
-*after* the step); it does update the centre, as the reference implementation does.
+*after* the step); it does update the centre, as the reference implementation does. Under DDP
+the centre's batch mean is all-reduced over ranks
+(:meth:`~medfm.ssl.losses.DINOLoss.update_center`), so N processes keep the centre of one
+process at the same global batch.
 """
 
 from __future__ import annotations

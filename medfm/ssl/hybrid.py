@@ -27,7 +27,9 @@ from medfm.ssl.simclr import default_views
 
 class Hybrid(nn.Module):
     """``forward({"image": (B, C, [D,] H, W)})`` -> ``{"loss", "loss_contrastive"}`` plus MAE's
-    detached terms (``loss_mae``, ``mask_fraction``, ...); all but ``loss`` detached.
+    detached terms (``loss_mae``, ``mask_fraction``, ...); all but ``loss`` detached. A
+    ``batch["sample_seed"]`` (one seed per image, as the engine's batches carry) goes to the MAE
+    term, whose masks then depend on each sample alone, not on the batch's split over processes.
 
     Args:
         encoder: the timm ViT or ViT3D shared by both terms (held once, as ``self.mae.encoder``).
@@ -35,6 +37,9 @@ class Hybrid(nn.Module):
         contrastive_kwargs: ``proj_dim`` (128), ``hidden_dim`` (512), ``temperature`` (0.2),
             ``views`` (default :func:`~medfm.ssl.simclr.default_views`), ``pooling`` ("mean").
         weight_mim, weight_contrastive: weights of the two terms (>= 0).
+        gather_distributed: in a training-mode forward under ``torch.distributed``, take the
+            contrastive negatives from every rank, gathered with gradients (as
+            :class:`~medfm.ssl.simclr.SimCLR`; :mod:`medfm.ssl.gather`).
     """
 
     def __init__(
@@ -44,6 +49,7 @@ class Hybrid(nn.Module):
         contrastive_kwargs: Mapping[str, Any] | None = None,
         weight_mim: float = 1.0,
         weight_contrastive: float = 1.0,
+        gather_distributed: bool = True,
     ) -> None:
         super().__init__()
         if weight_mim < 0 or weight_contrastive < 0:
@@ -63,6 +69,7 @@ class Hybrid(nn.Module):
         self.temperature = float(c.get("temperature", 0.2))
         self.pooling = str(c.get("pooling", "mean"))
         self.weight_mim, self.weight_contrastive = weight_mim, weight_contrastive
+        self.gather_distributed = gather_distributed
 
     @property
     def encoder(self) -> VisionTransformer | ViT3D:
@@ -70,11 +77,13 @@ class Hybrid(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         images = batch["image"]
-        mae_out = self.mae({"image": images})
+        # the per-sample seeds make the masks independent of how the batch is split over ranks
+        mae_out = self.mae({k: v for k, v in batch.items() if k in ("image", "sample_seed")})
         v1, v2 = self.views(images)
         features = encode(self.encoder, torch.cat([v1, v2]), self.pooling)  # (2B, D)
         z1, z2 = self.projector(features).chunk(2)
-        contrastive = info_nce(z1, z2, self.temperature)
+        gathers = self.gather_distributed and self.training
+        contrastive = info_nce(z1, z2, self.temperature, gather_distributed=gathers)
         loss = self.weight_mim * mae_out["loss"] + self.weight_contrastive * contrastive
         terms = {k: v for k, v in mae_out.items() if k != "loss"}  # loss_mae, mask_fraction...
         return {"loss": loss, **terms, "loss_contrastive": contrastive.detach()}

@@ -7,6 +7,11 @@
   positives weighted by a Gaussian kernel on continuous metadata such as age.
 - :func:`dino_loss` / :class:`DINOLoss`: self-distillation cross-entropy of DINO (Caron et al.
   2021, "Emerging Properties in Self-Supervised Vision Transformers").
+
+Under DDP the contrastive losses take ``gather_distributed=True``: negatives come from the global
+batch, all-gathered with gradients as in lightly's ``gather_distributed`` (:mod:`medfm.ssl.gather`),
+and DINO's centre is the global batch's mean; so N processes at a global batch ``B`` compute the
+loss (and, after DDP's gradient averaging, the step) of one process at ``B``.
 """
 
 from __future__ import annotations
@@ -14,24 +19,51 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from medfm.ssl import gather as G
 
-def _similarity_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``(2B, 2B)`` cosine similarities of ``[z1; z2]`` over ``temperature``, diagonal -inf."""
+
+def _similarity_logits(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather_distributed: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine-similarity logits of this process's ``2b`` queries ``[z1; z2]`` against the ``2B``
+    keys ``[Z1; Z2]`` of the global batch, over ``temperature``; each query's own key is -inf.
+
+    Without ``gather_distributed`` (or in one process) ``Z = z``, ``B = b`` and the logits are the
+    usual ``(2B, 2B)`` matrix. With it, under ``torch.distributed``, ``Z1``/``Z2`` are every rank's
+    normalised ``z1``/``z2`` concatenated in rank order (:func:`~medfm.ssl.gather.gather_with_grad`,
+    with gradients), so this rank's sample ``i`` is global sample ``rank * b + i``.
+
+    Returns:
+        ``logits`` ``(2b, 2B)`` and ``targets`` ``(2b,)``: the column of each query's positive
+        (the other view of the same sample).
+    """
     if z1.shape != z2.shape or z1.ndim != 2:
         raise ValueError(f"z1 and z2 must both be (B, D); got {tuple(z1.shape)}, {tuple(z2.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    z = F.normalize(torch.cat([z1, z2]), dim=1)  # (2B, D)
-    logits = z @ z.T / temperature
-    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
-    return logits.masked_fill(eye, float("-inf"))
+    q1, q2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)  # (b, D) each
+    b, offset = len(q1), 0
+    k1, k2 = q1, q2
+    if gather_distributed and G.world_size() > 1:
+        k1, k2, offset = G.gather_with_grad(q1), G.gather_with_grad(q2), G.rank() * b
+    n = len(k1)  # the global batch B
+    logits = torch.cat([q1, q2]) @ torch.cat([k1, k2]).T / temperature  # (2b, 2B)
+    mine = torch.arange(offset, offset + b, device=logits.device)  # global sample indices
+    own = torch.cat([mine, mine + n])  # each query's own column
+    columns = torch.arange(2 * n, device=logits.device)
+    logits = logits.masked_fill(own[:, None] == columns[None, :], float("-inf"))
+    return logits, torch.cat([mine + n, mine])
 
 
-def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+def info_nce(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 0.2,
+    gather_distributed: bool = False,
+) -> torch.Tensor:
     """NT-Xent loss (Chen et al. 2020) over the ``2B`` embeddings of two views.
 
     Sample ``i`` of ``z1`` and sample ``i`` of ``z2`` are a positive pair; every other of the
@@ -44,13 +76,17 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> to
     Args:
         z1, z2: ``(B, D)`` embeddings (need not be normalised), ``B >= 1``.
         temperature: ``t`` > 0; lower is sharper.
+        gather_distributed: under ``torch.distributed``, take the negatives from every rank's
+            embeddings, gathered with gradients (lightly's ``gather_distributed``; see
+            :mod:`medfm.ssl.gather`). ``z1, z2`` are then this rank's ``(b, D)`` share of the
+            global batch and the loss is the mean over this rank's ``2b`` anchors, so its mean
+            over ranks (and DDP's averaged gradient) equals the one-process loss on the global
+            batch. A no-op in one process.
     Returns:
         0-dim loss. Its minimum, ``log(1)`` for perfectly separated pairs, is approached as
         ``t -> 0``; with ``B = 1`` it is exactly 0.
     """
-    logits = _similarity_logits(z1, z2, temperature)
-    b = z1.shape[0]
-    targets = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(logits.device)
+    logits, targets = _similarity_logits(z1, z2, temperature, gather_distributed)
     return F.cross_entropy(logits, targets)
 
 
@@ -76,6 +112,7 @@ def metadata_weighted_info_nce(
     meta: torch.Tensor,
     temperature: float = 0.2,
     sigma: float = 1.0,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     """y-aware InfoNCE (Dufumier et al. 2021) with continuous metadata ``y`` (e.g. age).
 
@@ -95,16 +132,20 @@ def metadata_weighted_info_nce(
         meta: ``(B,)`` float metadata, in the units of ``sigma``.
         temperature: softmax temperature > 0.
         sigma: kernel width > 0, in metadata units.
+        gather_distributed: as :func:`info_nce`: under ``torch.distributed`` the keys (and their
+            metadata) are every rank's, gathered; the loss is over this rank's anchors.
     Returns:
         0-dim loss.
     """
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
-    logits = _similarity_logits(z1, z2, temperature)
-    y = meta.reshape(-1).to(logits).repeat(2)  # (2B,)
-    if y.shape[0] != logits.shape[0]:
+    if meta.numel() != z1.shape[0]:
         raise ValueError(f"meta must have shape (B,) = ({z1.shape[0]},), got {tuple(meta.shape)}")
-    weights = torch.exp(-((y[:, None] - y[None, :]) ** 2) / (2 * sigma**2))
+    logits, _ = _similarity_logits(z1, z2, temperature, gather_distributed)
+    y = meta.reshape(-1).to(logits)  # (b,)
+    y_keys = G.gather_no_grad(y) if gather_distributed else y  # (B,)
+    y, y_keys = y.repeat(2), y_keys.repeat(2)  # (2b,), (2B,)
+    weights = torch.exp(-((y[:, None] - y_keys[None, :]) ** 2) / (2 * sigma**2))
     weights = weights.masked_fill(torch.isinf(logits), 0.0)  # the diagonal
     weights = weights / weights.sum(dim=1, keepdim=True)
     log_prob = F.log_softmax(logits, dim=1).masked_fill(torch.isinf(logits), 0.0)
@@ -143,14 +184,6 @@ def dino_loss(
     return total / len(pairs)
 
 
-def _mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        x = x.clone()
-        dist.all_reduce(x)
-        x /= dist.get_world_size()
-    return x
-
-
 class DINOLoss(nn.Module):
     """:func:`dino_loss` with its centre as a buffer (saved in checkpoints).
 
@@ -180,5 +213,6 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_out: Sequence[torch.Tensor]) -> None:
-        batch_mean = _mean_over_ranks(torch.cat(list(teacher_out)).mean(dim=0, keepdim=True))
+        batch_mean = torch.cat(list(teacher_out)).to(self.center).mean(dim=0, keepdim=True)
+        batch_mean = G.all_reduce_mean(batch_mean)  # the global batch's mean under DDP
         self.center.mul_(self.center_momentum).add_(batch_mean, alpha=1 - self.center_momentum)

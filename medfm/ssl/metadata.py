@@ -17,7 +17,8 @@ class MetadataContrastive(SimCLR):
     "loss_contrastive"}`` with :func:`~medfm.ssl.losses.metadata_weighted_info_nce`.
 
     ``sigma`` is in the metadata's units (e.g. years); standardise the metadata first to use
-    ``sigma`` in standard deviations. Other arguments as :class:`~medfm.ssl.simclr.SimCLR`.
+    ``sigma`` in standard deviations. Other arguments as :class:`~medfm.ssl.simclr.SimCLR`;
+    with ``gather_distributed`` the keys and their metadata are gathered from every rank.
     """
 
     def __init__(
@@ -30,8 +31,11 @@ class MetadataContrastive(SimCLR):
         views=None,
         hidden_dim: int = 512,
         pooling: str = "mean",
+        gather_distributed: bool = True,
     ) -> None:
-        super().__init__(encoder, proj_dim, temperature, views, hidden_dim, pooling)
+        super().__init__(
+            encoder, proj_dim, temperature, views, hidden_dim, pooling, gather_distributed
+        )
         if sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
         self.sigma, self.meta_key = sigma, meta_key
@@ -45,5 +49,5 @@ class MetadataContrastive(SimCLR):
             )
         meta = torch.as_tensor(batch[self.meta_key], dtype=torch.float32)
         z1, z2 = self.embed_views(batch["image"])
-        loss = metadata_weighted_info_nce(z1, z2, meta, self.temperature, self.sigma)
+        loss = metadata_weighted_info_nce(z1, z2, meta, self.temperature, self.sigma, self.gathers)
         return {"loss": loss, "loss_contrastive": loss.detach()}

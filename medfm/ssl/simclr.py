@@ -28,6 +28,14 @@ class SimCLR(nn.Module):
     Both views go through the encoder and the projector as one ``2B`` batch, so the projector's
     BatchNorm sees both. ``views`` is a callable ``images -> (view1, view2)`` whose views have the
     encoder's input size; default :func:`default_views`.
+
+    With ``gather_distributed`` (default) a training-mode forward under ``torch.distributed``
+    takes its negatives from every rank's projections, all-gathered with gradients (lightly's
+    ``gather_distributed``; :mod:`medfm.ssl.gather`), so N DDP processes at a global batch ``B``
+    see the ``2B - 2`` negatives per anchor of one process at ``B``, as SimCLR's cross-replica
+    negatives (Chen et al. 2020). The projector's BatchNorm statistics are still per process
+    unless it is converted to SyncBatchNorm (``train.sync_batchnorm``, CUDA only). An eval-mode
+    forward never communicates.
     """
 
     def __init__(
@@ -38,12 +46,19 @@ class SimCLR(nn.Module):
         views=None,
         hidden_dim: int = 512,
         pooling: str = "mean",
+        gather_distributed: bool = True,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.views = views or default_views(encoder)
         self.projector = ProjectionHead(encoder.embed_dim, hidden_dim, proj_dim)
         self.temperature, self.pooling = temperature, pooling
+        self.gather_distributed = gather_distributed
+
+    @property
+    def gathers(self) -> bool:
+        """Whether this forward gathers negatives across ranks (training mode only)."""
+        return self.gather_distributed and self.training
 
     def embed_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Two views of ``images`` -> projections ``z1, z2`` ``(B, proj_dim)``."""
@@ -54,5 +69,5 @@ class SimCLR(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         z1, z2 = self.embed_views(batch["image"])
-        loss = info_nce(z1, z2, self.temperature)
+        loss = info_nce(z1, z2, self.temperature, gather_distributed=self.gathers)
         return {"loss": loss, "loss_contrastive": loss.detach()}

@@ -3,17 +3,26 @@
 ``torchrun --nproc_per_node=N -m medfm pretrain ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
 :func:`init_distributed` then joins the process group (gloo on CPU, NCCL on CUDA). Without those
 variables everything runs as a single process.
+
+Every collective here runs on the backend's device (``DistInfo.device``: the process's GPU under
+NCCL, which only communicates CUDA tensors; the CPU under gloo). Objectives gather their own
+tensors with :mod:`medfm.ssl.gather` (negatives with gradients, DINO's centre), which this module
+does not import so the objectives never depend on the training code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import os
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,28 +56,54 @@ def init_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local, device)
 
 
-def shard(indices, info: DistInfo):
-    """This rank's contiguous share of a global batch (the global batch must divide evenly)."""
-    if len(indices) % info.world_size:
-        raise ValueError(
-            f"global batch {len(indices)} is not divisible by {info.world_size} "
-            "processes; change train.batch_size"
-        )
-    per = len(indices) // info.world_size
-    return indices[info.rank * per : (info.rank + 1) * per]
+def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The mean of ``tensor`` over all ranks, computed on ``info.device`` (NCCL needs CUDA
+    tensors) and returned on ``tensor``'s device; ``tensor`` itself is unchanged."""
+    if not info.enabled:
+        return tensor
+    t = tensor.detach().to(info.device, copy=True)
+    dist.all_reduce(t)
+    return (t / info.world_size).to(tensor.device)
 
 
 def mean_across(value: float, info: DistInfo) -> float:
-    """Average of a Python float over all ranks (identity in a single process)."""
+    """Average of a Python float over all ranks (identity in a single process), reduced in
+    float64 on ``info.device``."""
     if not info.enabled:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item() / info.world_size)
+    return float(all_reduce_mean(torch.tensor([value], dtype=torch.float64), info).item())
+
+
+def maybe_sync_batchnorm(model: nn.Module, enabled: bool, info: DistInfo) -> nn.Module:
+    """``model`` with its BatchNorm layers (the projector heads') as :class:`nn.SyncBatchNorm`,
+    when ``enabled`` (``train.sync_batchnorm``) and distributed on CUDA; otherwise ``model``.
+
+    SyncBatchNorm normalises with the statistics of the global batch instead of each process's
+    share, so N processes' BatchNorm matches one process's at the same global batch. Call it
+    before wrapping in DDP. The conversion keeps the parameter tensors, so an optimiser already
+    built keeps working.
+
+    CPU: torch (2.x) implements SyncBatchNorm for CUDA (and XPU/HPU/privateuse1) only; its forward
+    raises ``ValueError`` on a CPU tensor under gloo. On a distributed CPU run the model is
+    therefore left unchanged, with a warning, and BatchNorm statistics stay per process.
+    """
+    if not (enabled and info.enabled):
+        return model
+    if info.device.type != "cuda":
+        log.warning(
+            "train.sync_batchnorm=true is ignored on %s: torch's SyncBatchNorm needs CUDA; "
+            "BatchNorm statistics stay per process",
+            info.device.type,
+        )
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
-    """Every rank's ``obj`` on every rank (``[obj]`` in a single process)."""
+    """Every rank's ``obj`` on every rank (``[obj]`` in a single process).
+
+    Under NCCL the pickled objects travel as CUDA tensors of the current device, which
+    :func:`init_distributed` set to this rank's GPU."""
     if not info.enabled:
         return [obj]
     out: list[Any] = [None] * info.world_size

@@ -1,10 +1,11 @@
 """The step loop. It knows nothing of MAE or DINO: it calls ``objective(batch)["loss"]``.
 
-Data order is a pure function of ``(seed, step)`` (:func:`batch_indices`), and each sample also
-gets a seed of its own (``batch["sample_seed"]``) from ``(seed, step, position)``; so a resumed
-run sees the same batches as an uninterrupted one, and N processes see the same global batch as one.
-An objective may define ``on_step_end()`` (e.g. DINO's EMA teacher update); it is called after
-every optimiser step.
+Batches come from ``batches(start)``, an iterator of this process's batch for each step from
+``start`` on (:mod:`medfm.data.loader`: a DataLoader over a step-indexed sampler, or in-process
+batches). Each batch carries ``sample_seed``, one seed per image from ``(seed, step, position)``;
+so a resumed run sees the same batches as an uninterrupted one, and N processes or workers see
+the same global batch as one. An objective may define ``on_step_end()`` (e.g. DINO's EMA
+teacher update); it is called after every optimiser step.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -64,19 +64,6 @@ class _Run:
     out_dir: Path
     last_good: int | None = None
     best: dict | None = None
-
-
-def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
-    """Indices of the ``step``-th batch: consecutive slices of a per-epoch seeded permutation."""
-    per_epoch = max(1, n // batch_size)
-    epoch, pos = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    return order[pos * batch_size : (pos + 1) * batch_size]
-
-
-def sample_seeds(step: int, batch_size: int, seed: int) -> np.ndarray:
-    """One seed per position of the ``step``-th global batch (for per-sample randomness)."""
-    return np.random.default_rng([seed, step, 7]).integers(0, 2**62, size=batch_size)
 
 
 def _resume(run: _Run) -> int:
@@ -138,27 +125,31 @@ def _autocast(info: D.DistInfo):
     return contextlib.nullcontext()
 
 
-def _micro_batches(idx: np.ndarray, seeds: np.ndarray, accum: int):
-    if len(idx) % accum:
+def _micro_batches(batch: dict, accum: int) -> list[dict]:
+    """Split a batch's tensors into ``accum`` equal micro-batches along the batch axis."""
+    size = len(batch["image"])
+    if size % accum:
         raise ValueError(
-            f"per-process batch {len(idx)} is not divisible by train.grad_accumulation={accum}"
+            f"per-process batch {size} is not divisible by train.grad_accumulation={accum}"
         )
-    per = len(idx) // accum
-    return [(idx[i * per : (i + 1) * per], seeds[i * per : (i + 1) * per]) for i in range(accum)]
+    per = size // accum
+    return [
+        {k: v[i * per : (i + 1) * per] if torch.is_tensor(v) else v for k, v in batch.items()}
+        for i in range(accum)
+    ]
 
 
-def _forward_backward(run: _Run, get_batch, idx, seeds, accum: int) -> dict[str, float]:
+def _forward_backward(run: _Run, batch: dict, accum: int) -> dict[str, float]:
     """Accumulate gradients over micro-batches; returns the step's mean scalar outputs."""
     totals: dict[str, float] = {}
-    for i, (part, part_seeds) in enumerate(_micro_batches(idx, seeds, accum)):
-        batch = {
-            k: v.to(run.info.device) if torch.is_tensor(v) else v
-            for k, v in get_batch(part).items()
+    for i, part in enumerate(_micro_batches(batch, accum)):
+        part = {
+            k: v.to(run.info.device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in part.items()
         }
-        batch["sample_seed"] = torch.as_tensor(part_seeds)
         sync = i == accum - 1 or not run.info.enabled
         with contextlib.nullcontext() if sync else run.model.no_sync(), _autocast(run.info):
-            out = run.model(batch)
+            out = run.model(part)
         (out["loss"] / accum).backward()
         for key, value in out.items():
             if torch.is_tensor(value) and value.ndim == 0:
@@ -213,6 +204,7 @@ def _setup(objective, cfg, out_dir, info) -> _Run:
     objective.to(info.device)
     if cfg.train.get("grad_checkpointing"):
         enable_grad_checkpointing(objective)
+    objective = D.maybe_sync_batchnorm(objective, bool(cfg.train.get("sync_batchnorm")), info)
     opt, sched = build_optimizer(objective, cfg.train)
     model = objective
     if cfg.train.get("compile"):
@@ -238,10 +230,64 @@ def enable_grad_checkpointing(objective: nn.Module) -> None:
         block.forward = lambda *a, _f=forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
 
 
+def _log_step(run, logger, tc, done: int, terms: dict, loss: float, speed: dict) -> None:
+    metrics = (
+        {f"train/{k}": v for k, v in terms.items()}
+        | {
+            "train/loss": loss,
+            "train/lr": run.sched.get_last_lr()[0],
+        }
+        | {f"train/{k}": v for k, v in speed.items()}
+    )
+    logger.log_metrics(metrics, step=done)
+    _append_jsonl(run, {"step": done} | metrics)
+
+
+class _Throughput:
+    """Images/s, the data-wait fraction (share of wall time spent waiting for the loader) and
+    MFU since the loop started."""
+
+    def __init__(self, meter: FlopMeter, world_size: int) -> None:
+        self.meter, self.world = meter, world_size
+        self.t0, self.seen, self.wait, self.steps = time.perf_counter(), 0, 0.0, 0
+
+    def add(self, images: int, waited: float) -> None:
+        self.seen, self.wait, self.steps = (
+            self.seen + images * self.world,
+            self.wait + waited,
+            self.steps + 1,
+        )
+
+    def elapsed(self) -> float:
+        return max(time.perf_counter() - self.t0, 1e-9)
+
+    def summary(self) -> dict[str, float]:
+        elapsed = self.elapsed()
+        return {
+            "images_per_second": self.seen / elapsed,
+            "data_wait": self.wait / elapsed,
+            "mfu": self.meter.mfu(self.steps / elapsed),
+        }
+
+
+def _early_stop(run: _Run, monitor, done: int, tc: DictConfig, logger: Logger) -> bool:
+    if not (monitor and tc.get("monitor_every") and done % int(tc.monitor_every) == 0):
+        return False
+    _run_monitor(run, monitor, done, tc, logger)
+    if not _patience_exhausted(run, done, tc):
+        return False
+    log.info(
+        "Early stop at step %d: no better %s for train.patience=%s monitors",
+        done,
+        tc.monitor_metric,
+        tc.patience,
+    )
+    return True
+
+
 def train(
     objective: nn.Module,
-    get_batch: Callable[[np.ndarray], dict],
-    n_samples: int,
+    batches: Callable[[int], Iterable[dict]],
     cfg: DictConfig,
     out_dir: str | Path,
     logger: Logger | None = None,
@@ -250,8 +296,9 @@ def train(
 ) -> TrainResult:
     """Run ``train.max_steps`` optimiser steps (or until ``max_minutes``), resuming if possible.
 
-    ``get_batch(indices)`` returns a batch dict for dataset indices; in a distributed run each
-    process gets its contiguous share of the global batch of ``train.batch_size``.
+    ``batches(start)`` yields this process's batch (``image``, ``sample_seed``, ...) for each
+    step from ``start``; see :mod:`medfm.data.loader`. In a distributed run each process gets
+    its contiguous share of the global batch of ``train.batch_size``.
     """
     tc, logger, info = cfg.train, logger or NullLogger(), info or D.DistInfo()
     run = _setup(objective, cfg, out_dir, info)
@@ -260,8 +307,8 @@ def train(
     if start == 0 and info.is_main:
         (run.out_dir / "metrics.jsonl").unlink(missing_ok=True)
     objective.train()
-    meter = FlopMeter(info.device)
-    t0, seen, loss, done = time.perf_counter(), 0, float("nan"), start
+    speed = _Throughput(FlopMeter(info.device), info.world_size)
+    loss, done, stream = float("nan"), start, iter(batches(start))
     bar = tqdm(
         range(start, int(tc.max_steps)),
         desc="pretrain",
@@ -271,44 +318,31 @@ def train(
         disable=not (tc.progress and info.is_main),
     )
     for step in bar:
-        idx = batch_indices(step, n_samples, int(tc.batch_size), int(cfg.seed))
-        seeds = sample_seeds(step, len(idx), int(cfg.seed))
-        idx, seeds = D.shard(idx, info), D.shard(seeds, info)
-        with meter.count(step == start):
-            terms = _forward_backward(
-                run, get_batch, idx, seeds, int(tc.get("grad_accumulation", 1))
-            )
+        waited = time.perf_counter()
+        batch = next(stream)
+        waited = time.perf_counter() - waited
+        with speed.meter.count(step == start):
+            terms = _forward_backward(run, batch, int(tc.get("grad_accumulation", 1)))
         loss = D.mean_across(terms["loss"], info)
         _check_finite(loss, step, run)
         _optimizer_step(run, tc.grad_clip)
-        seen, done = seen + len(idx) * info.world_size, step + 1
-        rate = seen / max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+        speed.add(len(batch["image"]), waited)
+        done, now = step + 1, speed.summary()
+        bar.set_postfix(
+            loss=f"{loss:.4f}",
+            img_s=f"{now['images_per_second']:.0f}",
+            wait=f"{now['data_wait']:.0%}",
+        )
         if done % int(tc.log_every) == 0 or done == int(tc.max_steps):
-            metrics = {f"train/{k}": v for k, v in terms.items()} | {
-                "train/loss": loss,
-                "train/lr": run.sched.get_last_lr()[0],
-                "train/images_per_second": rate,
-                "train/mfu": meter.mfu(rate / len(idx) / info.world_size),
-            }
-            logger.log_metrics(metrics, step=done)
-            _append_jsonl(run, {"step": done} | metrics)
-        if monitor and tc.get("monitor_every") and done % int(tc.monitor_every) == 0:
-            _run_monitor(run, monitor, done, tc, logger)
-            if _patience_exhausted(run, done, tc):
-                log.info(
-                    "Early stop at step %d: no better %s for train.patience=%s monitors",
-                    done,
-                    tc.monitor_metric,
-                    tc.patience,
-                )
-                _checkpoint(run, done)
-                break
-        if done % int(tc.checkpoint_every) == 0:
-            _checkpoint(run, done)
-        if tc.max_minutes and time.perf_counter() - t0 > 60 * float(tc.max_minutes):
+            _log_step(run, logger, tc, done, terms, loss, now)
+        stop = _early_stop(run, monitor, done, tc, logger)
+        if tc.max_minutes and speed.elapsed() > 60 * float(tc.max_minutes):
             log.info("Stopping at step %d: train.max_minutes=%s reached", done, tc.max_minutes)
+            stop = True
+        if stop or done % int(tc.checkpoint_every) == 0:
             _checkpoint(run, done)
+        if stop:
             break
     bar.close()
-    return TrainResult(done, loss, seen / max(time.perf_counter() - t0, 1e-9), start, run.best)
+    rate = speed.summary()["images_per_second"]
+    return TrainResult(done, loss, rate, start, run.best)

@@ -10,14 +10,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medfm.config import ConfigError, flatten, save_config
-from medfm.data.datasets import build_dataset, rows_for_split, stack_images
+from medfm.data.datasets import build_dataset, rows_for_split
+from medfm.data.loader import PatchDataset, StepBatchSampler, step_loader
 from medfm.data.manifest import read_manifest
 from medfm.data.medmnist import medmnist_rows
+from medfm.data.patches import patch_size, samples_per_volume
+from medfm.data.preprocess import resolve_preprocess
 from medfm.models.backbones import build_backbone
 from medfm.models.encoder_io import save_encoder
 from medfm.ssl import build_objective
@@ -49,13 +51,38 @@ def load_rows(cfg: DictConfig) -> list[dict]:
 
 
 def infer_channels(cfg: DictConfig, rows: list[dict]) -> DictConfig:
-    """Fill ``data.channels: null`` from the first image (1 for grey, 3 for RGB)."""
+    """Fill ``data.channels: null`` from the first image after ``data.preprocess`` (1 for grey,
+    3 for RGB, one per window of ``multi_window``)."""
     if cfg.data.channels is not None:
         return cfg
-    from medfm.data.loading import load_path
+    from monai.transforms import Compose
 
-    channels = int(load_path(rows[0]["path"]).shape[0])
+    from medfm.data.loading import LoadManifestImaged
+    from medfm.data.preprocess import preprocess_transforms
+
+    steps = Compose([LoadManifestImaged("image"), *preprocess_transforms(cfg.data)])
+    channels = int(steps({"image": rows[0]["path"]})["image"].shape[0])
     return OmegaConf.merge(cfg, {"data": {"channels": channels}})
+
+
+def resolve_data(cfg: DictConfig, rows: list[dict]) -> DictConfig:
+    """``data.preprocess`` written out as the steps it means (checked now, before any image is
+    read), channels filled in, and a default persistent-cache folder inside ``out_dir``."""
+    steps = resolve_preprocess(cfg.data)
+    cfg = OmegaConf.merge(cfg, {"data": {"preprocess": None}})
+    cfg.data.preprocess = steps
+    if not cfg.data.get("cache_dir"):
+        cfg.data.cache_dir = str(Path(cfg.out_dir) / "cache")
+    size = patch_size(cfg.data)
+    if size is not None:  # the backbone's input is the patch
+        if len(size) not in (2, 3) or size[-1] != size[-2]:
+            raise ConfigError(
+                f"data.patch.size={list(size)}: give [H, W] or [D, H, W] with H == W "
+                "(the backbones take square slices)"
+            )
+        cfg.data.image_size = size[-1]
+        cfg.data.depth_size = size[0] if len(size) == 3 else None
+    return infer_channels(cfg, rows)
 
 
 def _train_rows(rows: list[dict], cfg: DictConfig) -> list[dict]:
@@ -81,12 +108,39 @@ def _metadata(rows: list[dict], cfg: DictConfig) -> torch.Tensor | None:
         ) from None
 
 
+def _batches(rows: list[dict], meta: torch.Tensor | None, cfg: DictConfig, info: D.DistInfo):
+    """``batches(start)``: this rank's batch for each step from ``start``, made by a DataLoader
+    with ``data.num_workers`` workers over the train rows (random patches when ``data.patch``)."""
+    dataset = PatchDataset(
+        build_dataset(rows, cfg.data, whole_image=False),
+        patch_size(cfg.data),
+        samples_per_volume(cfg.data),
+        {str(cfg.ssl.meta_key): meta} if meta is not None else None,
+    )
+    workers = int(cfg.data.get("num_workers") or 0)
+
+    def batches(start: int):
+        sampler = StepBatchSampler(
+            len(dataset),
+            int(cfg.train.batch_size),
+            int(cfg.seed),
+            start,
+            int(cfg.train.max_steps),
+            info.rank,
+            info.world_size,
+        )
+        pin = info.device.type == "cuda"
+        return step_loader(dataset, sampler, workers, pin, int(cfg.data.prefetch_factor))
+
+    return batches
+
+
 def pretrain(cfg: DictConfig, logger: Logger | None = None) -> tuple[Path, TrainResult]:
     """Train and save the encoder; returns ``(out_dir, result)``."""
     info = D.init_distributed()
     logger = logger if info.is_main and logger is not None else NullLogger()
     rows = load_rows(cfg)
-    cfg = infer_channels(cfg, rows)
+    cfg = resolve_data(cfg, rows)
     out_dir = Path(cfg.out_dir)
     if info.is_main:
         save_config(cfg, out_dir / "config.yaml")
@@ -94,22 +148,15 @@ def pretrain(cfg: DictConfig, logger: Logger | None = None) -> tuple[Path, Train
         logger.log_artifact(out_dir / "config.yaml")
     seed_everything(int(cfg.seed))
     train_rows = _train_rows(rows, cfg)
-    dataset = build_dataset(train_rows, cfg.data)
     meta = _metadata(train_rows, cfg)
     encoder = build_backbone(
         cfg.model, cfg.data.image_size, cfg.data.channels, cfg.data.get("depth_size")
     )
     objective = build_objective(encoder, cfg.ssl, str(cfg.model.pooling))
     torch.manual_seed(int(cfg.seed) + 1000 * info.rank)
-
-    def get_batch(idx: np.ndarray) -> dict:
-        batch = {"image": stack_images(dataset, idx)}
-        if meta is not None:
-            batch[str(cfg.ssl.meta_key)] = meta[torch.as_tensor(idx)]
-        return batch
-
+    batches = _batches(train_rows, meta, cfg, info)
     monitor = make_monitor(encoder, rows, cfg, info) if cfg.train.monitor_every else None
-    result = train(objective, get_batch, len(dataset), cfg, out_dir, logger, monitor, info)
+    result = train(objective, batches, cfg, out_dir, logger, monitor, info)
     if info.is_main:
         save_encoder(encoder.cpu(), cfg, out_dir)
         logger.log_metrics(

@@ -173,9 +173,7 @@ def test_loco_and_per_center_metrics_on_a_manifest_logged_to_an_mlflow_server(
     }
 
 
-def test_feature_cache_is_reused_and_random_twin_matches_random_spec(
-    small, tmp_path, nested_close
-):
+def test_feature_cache_is_reused_and_random_twin_matches_random_spec(small, tmp_path, nested_close):
     cfg = _cfg("eval.heads=[linear]", "eval.baselines=false")
     cache = tmp_path / "cache"
     first = evaluate(

@@ -174,3 +174,69 @@ def test_dino_center_update_is_an_ema_of_teacher_means():
     crit.update_center(teacher)
     assert torch.allclose(crit.center, (0.9 * 0.1 + 0.1) * torch.tensor([[4.0, 5.0]]))
     assert "center" in crit.state_dict()
+
+
+def _fake_world(monkeypatch, rank, world, full_by_local):
+    """Make :mod:`medfm.ssl.gather` act as rank ``rank`` of ``world``: ``gather_with_grad(x)``
+    returns the full tensor whose ``rank``-th share is ``x`` (autograd flows through every share,
+    as the real all-gather's summed backward makes it flow across processes)."""
+    from medfm.ssl import gather as G
+
+    def gather(x, grad=True):
+        for local, shares in full_by_local:
+            if torch.equal(x.detach(), local.detach()):
+                parts = [x if i == rank else shares[i] for i in range(world)]
+                return torch.cat(parts if grad else [p.detach() for p in parts])
+        raise AssertionError("unexpected tensor gathered")
+
+    monkeypatch.setattr(G, "world_size", lambda: world)
+    monkeypatch.setattr(G, "rank", lambda: rank)
+    monkeypatch.setattr(G, "gather_with_grad", gather)
+    monkeypatch.setattr(G, "gather_no_grad", lambda x: gather(x, grad=False))
+
+
+@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("metadata", [False, True])
+def test_sharded_contrastive_loss_and_gradient_equal_the_full_batch(monkeypatch, world, metadata):
+    """Each rank's loss over its own queries against the gathered keys, averaged over ranks (as
+    DDP averages gradients), is the full batch's loss and gradient: the positive-pair offsets by
+    rank are right and no rescaling is needed."""
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(8, 5, requires_grad=True), torch.randn(8, 5, requires_grad=True)
+    meta = torch.rand(8) * 3
+
+    def loss(a, b, m, gather):
+        if metadata:
+            return metadata_weighted_info_nce(a, b, m, 0.3, 0.7, gather_distributed=gather)
+        return info_nce(a, b, 0.3, gather_distributed=gather)
+
+    full = loss(z1, z2, meta, False)
+    g1, g2 = torch.autograd.grad(full, [z1, z2])
+    n1, n2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    total = 0.0
+    for r in range(world):
+        # what rank r's gather would return: every rank's normalised share, this rank's own
+        # share being the very tensor the loss normalised (matched by value)
+        s1, s2, sm = n1.chunk(world), n2.chunk(world), meta.chunk(world)
+        with monkeypatch.context() as m:
+            local1, local2 = z1.chunk(world)[r], z2.chunk(world)[r]
+            table = [
+                (F.normalize(local1, dim=1), s1),
+                (F.normalize(local2, dim=1), s2),
+                (sm[r], sm),
+            ]
+            _fake_world(m, r, world, table)
+            total = total + loss(local1, local2, sm[r], True) / world
+    torch.testing.assert_close(total, full, rtol=1e-6, atol=1e-6)
+    h1, h2 = torch.autograd.grad(total, [z1, z2])
+    torch.testing.assert_close(h1, g1, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(h2, g2, rtol=1e-5, atol=1e-7)
+
+
+def test_gather_is_a_no_op_in_one_process():
+    from medfm.ssl.gather import all_reduce_mean, gather_no_grad, gather_with_grad
+
+    x = torch.randn(3, 2)
+    assert gather_with_grad(x) is x and gather_no_grad(x) is x and all_reduce_mean(x) is x
+    z1, z2 = torch.randn(6, 4), torch.randn(6, 4)
+    assert torch.equal(info_nce(z1, z2, gather_distributed=True), info_nce(z1, z2))

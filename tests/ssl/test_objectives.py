@@ -218,6 +218,7 @@ class _StopTrainingError(Exception):
 
 
 def _train_tiny(name, out_dir, stop_after_batches=None):
+    from medfm.data.loader import in_memory_batches
     from medfm.train.engine import train
 
     cfg = load_config(
@@ -249,7 +250,8 @@ def _train_tiny(name, out_dir, stop_after_batches=None):
 
     torch.manual_seed(1)
     try:
-        train(objective, get_batch, len(data), cfg, out_dir)
+        batches = in_memory_batches(get_batch, len(data), 4, int(cfg.seed), 4)
+        train(objective, batches, cfg, out_dir)
     except _StopTrainingError:
         pass
     return objective.state_dict()

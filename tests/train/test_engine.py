@@ -3,10 +3,11 @@ import pytest
 import torch
 
 from medfm.config import load_config
+from medfm.data.loader import batch_indices, in_memory_batches
 from medfm.models.backbones import build_backbone
 from medfm.ssl.mae import build_objective
 from medfm.train.checkpoint import CHECKPOINT, load_checkpoint
-from medfm.train.engine import NonFiniteLossError, batch_indices, train
+from medfm.train.engine import NonFiniteLossError, train
 
 IMAGES = torch.rand(24, 1, 16, 16, generator=torch.Generator().manual_seed(0))
 
@@ -31,6 +32,11 @@ def _get_batch(idx):
     return {"image": IMAGES[torch.as_tensor(idx)]}
 
 
+def _run(objective, get_batch, cfg, out_dir):
+    batches = in_memory_batches(get_batch, 24, 8, int(cfg.seed), int(cfg.train.max_steps))
+    return train(objective, batches, cfg, out_dir)
+
+
 def test_batch_indices_cover_each_epoch_once_and_repeat_for_a_seed():
     epoch = np.concatenate([batch_indices(s, 24, 8, seed=1) for s in range(3)])
     assert sorted(epoch) == list(range(24))
@@ -41,7 +47,7 @@ def test_batch_indices_cover_each_epoch_once_and_repeat_for_a_seed():
 def test_loss_decreases_and_checkpoint_written(tmp_path):
     objective, cfg = _setup(tmp_path, 12, **{"train.lr": 3e-3})
     first = objective(_get_batch(np.arange(24)))["loss"].item()
-    result = train(objective, _get_batch, 24, cfg, tmp_path)
+    result = _run(objective, _get_batch, cfg, tmp_path)
     assert result.steps == 12
     assert objective(_get_batch(np.arange(24)))["loss"].item() < first
     state = load_checkpoint(tmp_path / CHECKPOINT)
@@ -55,7 +61,7 @@ class KilledError(Exception):
 
 def test_resume_after_a_kill_gives_bitwise_identical_weights(tmp_path):
     straight, cfg = _setup(tmp_path / "a", 6)
-    train(straight, _get_batch, 24, cfg, tmp_path / "a")
+    _run(straight, _get_batch, cfg, tmp_path / "a")
 
     def dies_at_step_4(idx):
         dies_at_step_4.calls += 1
@@ -66,10 +72,10 @@ def test_resume_after_a_kill_gives_bitwise_identical_weights(tmp_path):
     dies_at_step_4.calls = 0
     first, cfg_b = _setup(tmp_path / "b", 6)
     with pytest.raises(KilledError):
-        train(first, dies_at_step_4, 24, cfg_b, tmp_path / "b")
+        _run(first, dies_at_step_4, cfg_b, tmp_path / "b")
     torch.manual_seed(123)  # a fresh process would start from another RNG state
     resumed, cfg_c = _setup(tmp_path / "b", 6)
-    result = train(resumed, _get_batch, 24, cfg_c, tmp_path / "b")
+    result = _run(resumed, _get_batch, cfg_c, tmp_path / "b")
     assert result.resumed_from == 3
     for (name, a), (_, b) in zip(
         straight.state_dict().items(), resumed.state_dict().items(), strict=True
@@ -89,4 +95,4 @@ def test_non_finite_loss_names_step_and_checkpoint(tmp_path):
 
     poisoned.calls = 0
     with pytest.raises(NonFiniteLossError, match=r"step 4.*checkpoint\.pt \(step 3\)"):
-        train(objective, poisoned, 24, cfg, tmp_path)
+        _run(objective, poisoned, cfg, tmp_path)

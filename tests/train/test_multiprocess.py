@@ -1,5 +1,7 @@
 """Real processes: a SIGKILLed run resumes bitwise, and 2 DDP processes (torchrun, gloo)
-follow the same loss curve as 1 process on the same global batch."""
+follow the same loss curve as 1 process on the same global batch: MAE through the CLI, and
+SimCLR, hybrid, metadata and DINO through the engine (``_ddp_objectives.py``), whose contrastive
+negatives are all-gathered with gradients and whose DINO centre is all-reduced."""
 
 import json
 import os
@@ -120,3 +122,60 @@ def test_two_ddp_processes_match_one(manifest, tmp_path):
     a, b = _weights(one), _weights(two)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+OBJECTIVES = ["simclr", "hybrid", "metadata", "dino"]
+WORKER = Path(__file__).with_name("_ddp_objectives.py")
+
+
+@pytest.fixture(scope="module")
+def objective_runs(tmp_path_factory):
+    """The worker once in 1 process and once in 2 (torchrun, gloo), for every objective."""
+    root = tmp_path_factory.mktemp("objectives")
+    one, two = root / "one", root / "two"
+    subprocess.run(
+        [sys.executable, str(WORKER), str(one)], env=_env(), check=True, capture_output=True
+    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run(
+        [*torchrun, str(WORKER), str(two)], env=_env(), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return one, two
+
+
+def test_gather_with_grad_across_two_processes(objective_runs):
+    """Forward: every rank's rows in rank order. Backward: the gradient summed over the ranks'
+    losses, this rank's slice (lightly's GatherLayer). Also the device-side reductions."""
+    ranks = json.loads((objective_runs[1] / "collectives.json").read_text())
+    assert len(ranks) == 2
+    for r in ranks:
+        assert r["forward"] and r["backward"] and r["gather_no_grad"]
+        assert r["all_reduce_mean"] == r["mean_across"] == 0.5
+        # torch's SyncBatchNorm is CUDA-only (r["syncbn_cpu"] has its error on CPU), so on a
+        # gloo/CPU run train.sync_batchnorm leaves the model unchanged
+        assert r["maybe_sync_batchnorm_cpu_unchanged"]
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_two_ddp_processes_match_one_for_contrastive_and_dino(objective_runs, name):
+    one, two = objective_runs
+    losses_one, losses_two = _losses(one / name), _losses(two / name)
+    assert len(losses_one) == len(losses_two) == 3
+    assert losses_two == pytest.approx(losses_one, rel=1e-4)
+    # the DDP-averaged gradient of 2 processes is the 1-process gradient (Adam would hide a
+    # wrongly scaled gradient in the loss curve)
+    grads_one = torch.load(one / f"{name}_grads.pt")
+    grads_two = torch.load(two / f"{name}_grads.pt")
+    assert grads_one.keys() == grads_two.keys() and grads_one
+    for key, g in grads_one.items():
+        scale = float(g.abs().max())
+        assert float((grads_two[key] - g).abs().max()) <= 1e-4 * scale + 1e-9, key
+
+
+def test_simclr_negatives_come_from_every_process(objective_runs):
+    """Control: without the gather, 2 processes' mean loss (local negatives) is another loss."""
+    one, two = objective_runs
+    full = json.loads((one / "simclr_local_loss.json").read_text())
+    local = json.loads((two / "simclr_local_loss.json").read_text())
+    assert abs(local - full) > 0.1

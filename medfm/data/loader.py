@@ -1,0 +1,167 @@
+"""Step-indexed batches: which samples each training step sees, and a DataLoader that makes them.
+
+Data order is a pure function of ``(seed, step)`` (:func:`batch_indices`) and every sample gets a
+seed of its own from ``(seed, step, position)`` (:func:`sample_seeds`), which drives its random
+patches (and, in the objective, its masks and views). A batch therefore does not depend on the
+number of DataLoader workers or processes, and a run resumed at step ``s`` simply starts the
+sampler at ``s``: the sampler's position is the checkpoint's step.
+
+:class:`StepBatchSampler` yields this rank's share of each global batch; :func:`step_loader`
+wraps it in a ``torch.utils.data.DataLoader`` (``data.num_workers`` worker processes, pinned
+memory on CUDA, prefetching); :func:`index_batches` does the same in-process for data that is
+already a tensor (fine-tuning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from medfm.data.patches import patch_seeds, random_patches
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
+    """Indices of the ``step``-th batch: consecutive slices of a per-epoch seeded permutation."""
+    per_epoch = max(1, n // batch_size)
+    epoch, pos = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order[pos * batch_size : (pos + 1) * batch_size]
+
+
+def sample_seeds(step: int, batch_size: int, seed: int) -> np.ndarray:
+    """One seed per position of the ``step``-th global batch (for per-sample randomness)."""
+    return np.random.default_rng([seed, step, 7]).integers(0, 2**62, size=batch_size)
+
+
+def rank_share(values: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """This rank's contiguous share of a global batch (the global batch must divide evenly)."""
+    if len(values) % world_size:
+        raise ValueError(
+            f"global batch {len(values)} is not divisible by {world_size} processes; "
+            "change train.batch_size"
+        )
+    per = len(values) // world_size
+    return values[rank * per : (rank + 1) * per]
+
+
+class StepBatchSampler(Sampler):
+    """For each step in ``[start, stop)``: this rank's ``(index, seed)`` pairs of the batch."""
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        start: int,
+        stop: int,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start, self.stop, self.rank, self.world = start, stop, rank, world
+
+    def step_items(self, step: int) -> list[tuple[int, int]]:
+        idx = batch_indices(step, self.n, self.batch_size, self.seed)
+        seeds = sample_seeds(step, len(idx), self.seed)
+        idx, seeds = (
+            rank_share(idx, self.rank, self.world),
+            rank_share(seeds, self.rank, self.world),
+        )
+        return [(int(i), int(s)) for i, s in zip(idx, seeds, strict=True)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start, self.stop):
+            yield self.step_items(step)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+class PatchDataset(Dataset):
+    """``dataset[(index, seed)]``: ``samples_per_volume`` random patches of image ``index`` (or
+    the whole image when ``size`` is None), with one seed per patch and per-row ``extras``
+    (e.g. a metadata column) repeated for each patch."""
+
+    def __init__(
+        self,
+        images: Dataset,
+        size: tuple[int, ...] | None = None,
+        per_volume: int = 1,
+        extras: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        self.images, self.size, self.per_volume = images, size, per_volume
+        self.extras = dict(extras or {})
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        index, seed = item
+        sample = self.images[index]
+        image = torch.as_tensor(sample["image"])
+        n = self.per_volume if self.size is not None else 1
+        if self.size is None:
+            patches = image[None]
+        else:
+            patches = random_patches(image, self.size, n, seed, str(sample.get("id", index)))
+        out = {"image": patches, "sample_seed": torch.as_tensor(patch_seeds(seed, n))}
+        for key, values in self.extras.items():
+            out[key] = values[index].repeat(n)
+        return out
+
+
+def collate_patches(items: list[dict]) -> dict:
+    """Concatenate the patches of a batch's samples along the batch axis."""
+    return {key: torch.cat([item[key] for item in items]) for key in items[0]}
+
+
+def step_loader(
+    dataset: PatchDataset,
+    sampler: StepBatchSampler,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    prefetch_factor: int = 2,
+) -> DataLoader:
+    """A ``DataLoader`` over ``sampler``'s steps; workers do the decoding and preprocessing."""
+    extra = {"prefetch_factor": prefetch_factor, "persistent_workers": False} if num_workers else {}
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_patches,
+        pin_memory=pin_memory,
+        **extra,
+    )
+
+
+def index_batches(
+    get_batch: Callable[[np.ndarray], dict], sampler: StepBatchSampler
+) -> Iterator[dict]:
+    """In-process batches for data already in memory: ``get_batch(indices)`` plus seeds."""
+    for items in sampler:
+        idx = np.array([i for i, _ in items], dtype=np.int64)
+        batch = dict(get_batch(idx))
+        batch["sample_seed"] = torch.as_tensor([s for _, s in items], dtype=torch.int64)
+        yield batch
+
+
+def in_memory_batches(
+    get_batch: Callable[[np.ndarray], dict],
+    n: int,
+    batch_size: int,
+    seed: int,
+    stop: int,
+    rank: int = 0,
+    world: int = 1,
+) -> Callable[[int], Iterator[dict]]:
+    """``batches(start)`` for the engine over ``n`` in-memory samples served by ``get_batch``."""
+
+    def batches(start: int) -> Iterator[dict]:
+        return index_batches(
+            get_batch, StepBatchSampler(n, batch_size, seed, start, stop, rank, world)
+        )
+
+    return batches
