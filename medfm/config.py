@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
         # and resize to image_size. Saved resolved in the encoder's config.yaml.
         "preprocess": None,
         "patch": {"size": None, "samples_per_volume": 1},  # random crops instead of a resize
+        "augment": [],  # random steps on each patch in pre-training (medfm.data.augment)
         "cache": "auto",  # "none" | "memory" | "persistent" (on disk) | "auto" (memory if it fits)
         "cache_dir": None,  # folder for the "persistent" cache (default: out_dir/cache)
         "cache_budget_gb": 4.0,  # "auto": memory only while the cached images fit this budget

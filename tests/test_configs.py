@@ -14,7 +14,7 @@ from medfm.train.pretrain import pretrain
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
 PRETRAIN = [p for p in CONFIGS if p.parent.name == "pretrain"]
-REAL_VOLUMES = {"ct_3d", "mri_3d"}  # trained on real CT and MR volumes in tests/test_recipes_3d.py
+REAL_VOLUMES = {"ct_3d", "mri_3d", "xray_2d"}  # trained on real images: test_recipes_real.py
 TINY = [
     "model.depth=1",
     "train.max_steps=2",
@@ -23,6 +23,7 @@ TINY = [
     "tracking.enabled=false",
     "train.warmup_steps=1",
     "train.monitor_every=0",
+    "ssl.n_local_crops=2",
 ]
 
 

@@ -28,12 +28,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medfm.config import load_config
+    from medfm.data.augment import augment_steps
     from medfm.data.preprocess import resolve_preprocess
     from medfm.tracking.base import make_logger
     from medfm.train.pretrain import pretrain
 
     cfg = load_config(args.config, args.overrides)
-    resolve_preprocess(cfg.data)  # a bad data.preprocess step fails here, before any run starts
+    resolve_preprocess(cfg.data)  # a bad data.preprocess or data.augment step fails here,
+    augment_steps(cfg.data)  # before any run starts
     logger = make_logger(cfg.tracking, cfg.out_dir, run_name=cfg.tracking.run_name or "pretrain")
     try:
         out_dir, result = pretrain(cfg, logger)

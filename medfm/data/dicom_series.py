@@ -172,8 +172,23 @@ def series_affine(series: list[SliceHeader]) -> np.ndarray | None:
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
 
 
+def _monochrome1_inverted(ds, pixels: np.ndarray) -> np.ndarray:
+    """MONOCHROME1 (minimum shown white, common for CR/DX radiographs) flipped to the MONOCHROME2
+    convention every other image follows, on the stored values: ``2**BitsStored - 1 - v``
+    (``max + min - v`` without BitsStored), so all slices of a series flip alike. pydicom leaves
+    this to the caller."""
+    if str(ds.get("PhotometricInterpretation", "")).strip() != "MONOCHROME1":
+        return pixels
+    bits = int(ds.get("BitsStored", 0) or 0)
+    top = float(2**bits - 1) if bits else float(pixels.max() + pixels.min())
+    if bits and int(ds.get("PixelRepresentation", 0) or 0) == 1:  # signed: centred range
+        top = -1.0
+    return top - pixels
+
+
 def decode_slice(header: SliceHeader) -> np.ndarray:
-    """One file's pixels in units (RescaleSlope/Intercept applied), x-first: ``(X, Y[, F])``.
+    """One file's pixels in units (MONOCHROME1 inverted, RescaleSlope/Intercept applied),
+    x-first: ``(X, Y[, F])``.
 
     Raises :class:`UnreadableFileError` for missing pixel data, a compressed transfer syntax
     without a decoder (naming what to install), or pixels that cannot be decoded.
@@ -188,6 +203,7 @@ def decode_slice(header: SliceHeader) -> np.ndarray:
         pixels = ds.pixel_array.astype(np.float32)
     except Exception as err:
         raise UnreadableFileError(f"pixel data cannot be decoded ({type(err).__name__})") from None
+    pixels = _monochrome1_inverted(ds, pixels)
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     pixels = np.swapaxes(pixels * slope + intercept, -1, -2)  # rows are y: make x first

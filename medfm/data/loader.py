@@ -14,13 +14,18 @@ already a tensor (fine-tuning).
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from medfm.data.augment import AugmentStep, apply_augment
 from medfm.data.patches import patch_seeds, random_patches
+
+log = logging.getLogger(__name__)
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
@@ -82,8 +87,9 @@ class StepBatchSampler(Sampler):
 
 class PatchDataset(Dataset):
     """``dataset[(index, seed)]``: ``samples_per_volume`` random patches of image ``index`` (or
-    the whole image when ``size`` is None), with one seed per patch and per-row ``extras``
-    (e.g. a metadata column) repeated for each patch."""
+    the whole image when ``size`` is None), each put through the ``augment`` steps
+    (``data.augment``) from its own seed, with one seed per patch and per-row ``extras`` (e.g. a
+    metadata column) repeated for each patch."""
 
     def __init__(
         self,
@@ -91,9 +97,10 @@ class PatchDataset(Dataset):
         size: tuple[int, ...] | None = None,
         per_volume: int = 1,
         extras: Mapping[str, torch.Tensor] | None = None,
+        augment: list[AugmentStep] | None = None,
     ) -> None:
         self.images, self.size, self.per_volume = images, size, per_volume
-        self.extras = dict(extras or {})
+        self.extras, self.augment = dict(extras or {}), list(augment or [])
 
     def __len__(self) -> int:
         return len(self.images)
@@ -107,7 +114,12 @@ class PatchDataset(Dataset):
             patches = image[None]
         else:
             patches = random_patches(image, self.size, n, seed, str(sample.get("id", index)))
-        out = {"image": patches, "sample_seed": torch.as_tensor(patch_seeds(seed, n))}
+        seeds = patch_seeds(seed, n)
+        if self.augment:
+            patches = torch.stack(
+                [apply_augment(self.augment, p, s) for p, s in zip(patches, seeds, strict=True)]
+            )
+        out = {"image": patches, "sample_seed": torch.as_tensor(seeds)}
         for key, values in self.extras.items():
             out[key] = values[index].repeat(n)
         return out
@@ -125,7 +137,13 @@ def step_loader(
     pin_memory: bool = False,
     prefetch_factor: int = 2,
 ) -> DataLoader:
-    """A ``DataLoader`` over ``sampler``'s steps; workers do the decoding and preprocessing."""
+    """A ``DataLoader`` over ``sampler``'s steps; workers do the decoding and preprocessing.
+    More workers than this process may use CPUs are capped to that count (the batches do not
+    depend on it)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if num_workers > (usable or 1):
+        log.info("data.num_workers=%d capped to the %d CPUs available", num_workers, usable)
+        num_workers = usable or 1
     extra = {"prefetch_factor": prefetch_factor, "persistent_workers": False} if num_workers else {}
     return DataLoader(
         dataset,

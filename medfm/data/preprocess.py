@@ -178,40 +178,47 @@ def resize(size: int | Sequence[int], mode: str = "area") -> MapTransform:
     return Resized(KEY, spatial_size=size, mode=mode)
 
 
-def _fail(index: int, step: Any, message: str) -> PreprocessError:
-    return PreprocessError(f"data.preprocess[{index}] {step!r}: {message}")
+def _fail(key: str, index: int, step: Any, message: str) -> PreprocessError:
+    return PreprocessError(f"{key}[{index}] {step!r}: {message}")
 
 
-def _arguments(index: int, step: Any) -> tuple[str, dict]:
+def _arguments(key: str, index: int, step: Any) -> tuple[str, dict]:
     if isinstance(step, DictConfig):
         step = OmegaConf.to_container(step, resolve=True)
     if isinstance(step, str):
         step = {"name": step}
     if not isinstance(step, Mapping) or "name" not in step:
-        raise _fail(index, step, "each step is a mapping like {name: spacing, pixdim: [1, 1, 1]}")
+        raise _fail(key, index, step, "each step is a mapping like {name: zscore, nonzero: true}")
     args = dict(step)
     return str(args.pop("name")), args
 
 
-def build_step(index: int, step: Any) -> MapTransform:
-    """One step's transform; raises :class:`PreprocessError` naming the step, the nearest valid
-    step name, or the step's valid arguments."""
-    name, args = _arguments(index, step)
-    if name not in PREPROCESS_STEPS:
-        near = difflib.get_close_matches(name, PREPROCESS_STEPS.names(), n=1, cutoff=0.4)
+def step_arguments(registry: Registry, key: str, index: int, step: Any):
+    """Build entry ``index`` of the step list ``key`` through ``registry``; raises
+    :class:`PreprocessError` naming the step and the nearest valid name, or its valid
+    arguments."""
+    name, args = _arguments(key, index, step)
+    if name not in registry:
+        near = difflib.get_close_matches(name, registry.names(), n=1, cutoff=0.4)
         hint = f"did you mean {near[0]!r}? " if near else ""
-        raise _fail(
-            index, name, f"unknown step; {hint}known: {', '.join(PREPROCESS_STEPS.names())}"
-        )
-    factory = PREPROCESS_STEPS.get(name)
+        known = ", ".join(registry.names())
+        raise _fail(key, index, name, f"unknown step; {hint}known: {known}")
+    factory = registry.get(name)
     params = inspect.signature(factory).parameters
     unknown = sorted(set(args) - set(params))
     if unknown:
-        raise _fail(index, name, f"unknown argument {unknown[0]!r}; it takes {', '.join(params)}")
+        raise _fail(
+            key, index, name, f"unknown argument {unknown[0]!r}; it takes {', '.join(params)}"
+        )
     try:
         return factory(**args)
     except (TypeError, ValueError, KeyError) as err:
-        raise _fail(index, name, f"{err} (it takes {', '.join(params)})") from None
+        raise _fail(key, index, name, f"{err} (it takes {', '.join(params)})") from None
+
+
+def build_step(index: int, step: Any) -> MapTransform:
+    """Entry ``index`` of ``data.preprocess`` as its transform."""
+    return step_arguments(PREPROCESS_STEPS, "data.preprocess", index, step)
 
 
 def classic_preprocess(data_cfg: DictConfig) -> list[dict]:
@@ -237,7 +244,7 @@ def resolve_preprocess(data_cfg: DictConfig) -> list[dict]:
         raise PreprocessError("data.preprocess must be a list of steps, e.g. [{name: zscore}]")
     resolved = []
     for index, step in enumerate(steps):
-        name, args = _arguments(index, step)
+        name, args = _arguments("data.preprocess", index, step)
         build_step(index, {"name": name, **args})
         resolved.append({"name": name, **args})
     return resolved

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medfm.config import ConfigError, flatten, save_config
+from medfm.data.augment import augment_steps
 from medfm.data.datasets import build_dataset, rows_for_split
 from medfm.data.loader import PatchDataset, StepBatchSampler, step_loader
 from medfm.data.manifest import read_manifest
@@ -69,6 +70,7 @@ def resolve_data(cfg: DictConfig, rows: list[dict]) -> DictConfig:
     """``data.preprocess`` written out as the steps it means (checked now, before any image is
     read), channels filled in, and a default persistent-cache folder inside ``out_dir``."""
     steps = resolve_preprocess(cfg.data)
+    augment_steps(cfg.data)  # a bad data.augment step fails now too
     cfg = OmegaConf.merge(cfg, {"data": {"preprocess": None}})
     cfg.data.preprocess = steps
     if not cfg.data.get("cache_dir"):
@@ -116,6 +118,7 @@ def _batches(rows: list[dict], meta: torch.Tensor | None, cfg: DictConfig, info:
         patch_size(cfg.data),
         samples_per_volume(cfg.data),
         {str(cfg.ssl.meta_key): meta} if meta is not None else None,
+        augment_steps(cfg.data),
     )
     workers = int(cfg.data.get("num_workers") or 0)
 

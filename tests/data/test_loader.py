@@ -64,3 +64,20 @@ def test_two_workers_deliver_the_same_batches_as_none():
             a["sample_seed"], b["sample_seed"]
         )
     assert len(runs[0]) == 6 and np.unique([len(b["image"]) for b in runs[0]]).tolist() == [8]
+
+
+def test_augment_steps_are_keyed_by_the_patch_seed_and_checked_at_load():
+    from omegaconf import OmegaConf
+
+    from medfm.data.augment import augment_steps
+    from medfm.data.preprocess import PreprocessError
+
+    cfg = OmegaConf.create({"augment": [{"name": "field_affine", "strength": 2.0}]})
+    data = PatchDataset(_Images(), (6, 6), per_volume=2, augment=augment_steps(cfg))
+    plain = PatchDataset(_Images(), (6, 6), per_volume=2)
+    a, b = data[(3, 5)]["image"], data[(3, 5)]["image"]
+    assert torch.equal(a, b) and not torch.equal(a, plain[(3, 5)]["image"])
+    assert not torch.equal(a, data[(3, 6)]["image"])
+    bad = OmegaConf.create({"augment": [{"name": "stian"}]})
+    with pytest.raises(PreprocessError, match=r"data.augment\[0\] 'stian'.*did you mean 'stain'"):
+        augment_steps(bad)

@@ -77,10 +77,17 @@ def _checkpoint_step(out: Path) -> int:
         return 0
 
 
-def test_sigkill_then_resume_is_bitwise_identical(manifest, tmp_path):
+def test_sigkill_then_resume_with_workers_is_bitwise_identical(manifest, tmp_path):
+    # the uninterrupted run decodes in the main process, the killed one in 2 DataLoader workers
     steps = ["train.max_steps=40", "train.checkpoint_every=4"]
     straight = tmp_path / "straight"
-    subprocess.run(_cmd(straight, manifest, *steps), env=_env(), check=True, capture_output=True)
+    subprocess.run(
+        _cmd(straight, manifest, *steps, "data.num_workers=0"),
+        env=_env(),
+        check=True,
+        capture_output=True,
+    )
+    steps.append("data.num_workers=2")
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(

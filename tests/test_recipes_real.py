@@ -1,6 +1,6 @@
-"""The 3D recipes on real volumes shipped inside packages: `medfm ingest`, a few pre-training steps
-with the recipe's own preprocessing (patch and model shrunk for CPU), then `medfm evaluate` on
-the same manifest, which applies the encoder's preprocessing again."""
+"""Recipes on real images shipped inside packages: `medfm ingest`, a few pre-training steps with the
+recipe's own preprocessing (patch and model shrunk for CPU), then (3D) `medfm evaluate` on the
+same manifest, which applies the encoder's preprocessing again."""
 
 import copy
 import csv
@@ -125,3 +125,39 @@ def test_recipe_pretrains_and_evaluates_on_real_volumes(recipe, manifests, tmp_p
         assert 0.0 <= metrics[head]["full"]["test_auc"] <= 1.0, head
     saved = OmegaConf.load(out / "config.yaml").data.preprocess
     assert OmegaConf.to_container(saved) == OmegaConf.to_container(cfg.data.preprocess)
+
+
+def test_xray_recipe_on_real_monochrome1_radiographs(tmp_path):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    src = tmp_path / "cr"
+    src.mkdir()
+    names = ("RG1_UNCR.dcm", "RG3_UNCR.dcm")
+    for name in names:
+        shutil.copy(get_testdata_file(name), src / name)
+    result = ingest([src], tmp_path / "ingest", salt="s", progress=False)
+    assert len(result.rows) == 2
+    raw = pydicom.dcmread(src / "RG3_UNCR.dcm")
+    assert raw.PhotometricInterpretation == "MONOCHROME1"
+    row = next(r for r in result.rows if r["shape"] == "1760x1760")
+    expected = (2**raw.BitsStored - 1 - raw.pixel_array.astype(np.float32)).T  # bone bright
+    np.testing.assert_array_equal(load_path(row["path"])[0].numpy(), expected)
+    cfg = load_config(
+        RECIPES / "xray_2d.yaml",
+        [
+            "model.depth=1",
+            "ssl.decoder_depth=1",
+            "ssl.decoder_dim=32",
+            "train.batch_size=2",
+            "train.max_steps=2",
+            "train.warmup_steps=1",
+            "train.progress=false",
+            "tracking.enabled=false",
+            "data.num_workers=0",
+            f"data.manifest={result.manifest}",
+            f"out_dir={tmp_path / 'enc'}",
+        ],
+    )
+    _, trained = pretrain(cfg)
+    assert trained.steps == 2 and np.isfinite(trained.final_loss)
