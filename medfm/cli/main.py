@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from medfm import __version__
-from medfm.cli import data_cmds, demo_cmd, eval_cmds, pretrain_cmd
+from medfm.cli import data_cmds, demo_cmd, eval_cmds, pretrain_cmd, shard_cmd
 from medfm.config import ConfigError
 from medfm.train.engine import NonFiniteLossError
 
@@ -16,6 +16,7 @@ COMMANDS = (
     demo_cmd,
     data_cmds.synthetic,
     data_cmds.ingest,
+    shard_cmd,
     pretrain_cmd,
     eval_cmds.evaluate,
     eval_cmds.robustness,

@@ -21,6 +21,7 @@ from medfm.data.manifest import read_manifest
 from medfm.data.medmnist import medmnist_rows
 from medfm.data.patches import patch_size, samples_per_volume
 from medfm.data.preprocess import resolve_preprocess
+from medfm.data.shards import ShardDataset, read_index
 from medfm.models.backbones import build_backbone
 from medfm.models.encoder_io import save_encoder
 from medfm.ssl import build_objective
@@ -66,9 +67,28 @@ def infer_channels(cfg: DictConfig, rows: list[dict]) -> DictConfig:
     return OmegaConf.merge(cfg, {"data": {"channels": channels}})
 
 
+def _with_shard_preprocess(cfg: DictConfig) -> DictConfig:
+    """With ``data.shards``, the steps and channels the shards were written with."""
+    if not cfg.data.get("shards"):
+        return cfg
+    index = read_index(cfg.data.shards)
+    if cfg.data.preprocess is not None and resolve_preprocess(cfg.data) != index["preprocess"]:
+        raise ConfigError(
+            f"data.shards={cfg.data.shards} were written with data.preprocess="
+            f"{index['preprocess']}, not {resolve_preprocess(cfg.data)}; rewrite them with "
+            "`medfm shard` or drop the data.preprocess setting"
+        )
+    return OmegaConf.merge(
+        cfg,
+        {"data": {"preprocess": None, "channels": index["channels"]}},
+        {"data": {"preprocess": index["preprocess"]}},
+    )
+
+
 def resolve_data(cfg: DictConfig, rows: list[dict]) -> DictConfig:
     """``data.preprocess`` written out as the steps it means (checked now, before any image is
     read), channels filled in, and a default persistent-cache folder inside ``out_dir``."""
+    cfg = _with_shard_preprocess(cfg)
     steps = resolve_preprocess(cfg.data)
     augment_steps(cfg.data)  # a bad data.augment step fails now too
     cfg = OmegaConf.merge(cfg, {"data": {"preprocess": None}})
@@ -89,7 +109,7 @@ def resolve_data(cfg: DictConfig, rows: list[dict]) -> DictConfig:
 
 def _train_rows(rows: list[dict], cfg: DictConfig) -> list[dict]:
     train_rows = rows_for_split(rows, "train") or rows
-    if len(train_rows) < int(cfg.train.batch_size):
+    if rows and len(train_rows) < int(cfg.train.batch_size):
         log.warning(
             "Only %d training images for batch size %d", len(train_rows), cfg.train.batch_size
         )
@@ -113,8 +133,14 @@ def _metadata(rows: list[dict], cfg: DictConfig) -> torch.Tensor | None:
 def _batches(rows: list[dict], meta: torch.Tensor | None, cfg: DictConfig, info: D.DistInfo):
     """``batches(start)``: this rank's batch for each step from ``start``, made by a DataLoader
     with ``data.num_workers`` workers over the train rows (random patches when ``data.patch``)."""
+    if cfg.data.get("shards"):
+        if meta is not None:
+            raise ConfigError("ssl.objective=metadata reads a manifest column; use data.manifest")
+        images = ShardDataset(cfg.data.shards)
+    else:
+        images = build_dataset(rows, cfg.data, whole_image=False)
     dataset = PatchDataset(
-        build_dataset(rows, cfg.data, whole_image=False),
+        images,
         patch_size(cfg.data),
         samples_per_volume(cfg.data),
         {str(cfg.ssl.meta_key): meta} if meta is not None else None,
@@ -142,7 +168,7 @@ def pretrain(cfg: DictConfig, logger: Logger | None = None) -> tuple[Path, Train
     """Train and save the encoder; returns ``(out_dir, result)``."""
     info = D.init_distributed()
     logger = logger if info.is_main and logger is not None else NullLogger()
-    rows = load_rows(cfg)
+    rows = [] if cfg.data.get("shards") and not cfg.data.manifest else load_rows(cfg)
     cfg = resolve_data(cfg, rows)
     out_dir = Path(cfg.out_dir)
     if info.is_main:

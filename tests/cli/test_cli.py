@@ -6,7 +6,7 @@ import pytest
 
 from medfm.cli.main import build_parser, main
 
-SUBCOMMANDS = ["demo", "synthetic", "ingest", "pretrain", "evaluate", "robustness"]
+SUBCOMMANDS = ["demo", "synthetic", "ingest", "shard", "pretrain", "evaluate", "robustness"]
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -109,3 +109,55 @@ def test_a_2d_image_in_a_3d_recipe_names_the_image(tmp_path):
         Exception, match=r"image \d+ is 2D \(20, 20\) but data.patch.size=\[8, 16, 16\]"
     ):
         pretrain(cfg)
+
+
+def test_shards_give_the_weights_of_the_manifest_and_resume_exactly(tmp_path, monkeypatch):
+    from medfm.cli.main import main
+    from medfm.data.ingest import ingest
+    from medfm.data.shards import ShardDataset
+    from medfm.data.synthetic import SyntheticSpec, write_dataset
+
+    labels = write_dataset(tmp_path / "d", SyntheticSpec(cases_per_center=4, images_per_case=2))
+    manifest = ingest(
+        [tmp_path / "d" / "raw"], tmp_path / "i", labels=labels, salt="s", progress=False
+    ).manifest
+    steps = [
+        "data.preprocess=[{name: percentile}, {name: resize_to_model, size: 16}]",
+        "data.image_size=16",
+        "model.depth=1",
+        "train.batch_size=4",
+        "train.max_steps=6",
+        "train.warmup_steps=1",
+        "train.progress=false",
+        "tracking.enabled=false",
+        "train.checkpoint_every=3",
+    ]
+    data_steps = [s for s in steps if s.startswith("data.")]
+    out = str(tmp_path / "shards")
+    assert main(["shard", str(manifest), *data_steps, "--out", out, "--per-shard", "5"]) == 0
+    shards = ShardDataset(tmp_path / "shards")
+    assert len(list((tmp_path / "shards").glob("shard-*.tar"))) == -(-len(shards) // 5)
+    from_manifest, _ = pretrain(
+        load_config(None, [*steps, f"data.manifest={manifest}", f"out_dir={tmp_path / 'm'}"])
+    )
+    shard_cfg = [*steps[1:], f"data.shards={tmp_path / 'shards'}", f"out_dir={tmp_path / 's'}"]
+    reads, original = [], ShardDataset.__getitem__
+
+    def crashes_in_step_4(self, i):  # after the step-3 checkpoint, like a killed process
+        reads.append(i)
+        if len(reads) > 16:
+            raise KeyboardInterrupt
+        return original(self, i)
+
+    monkeypatch.setattr(ShardDataset, "__getitem__", crashes_in_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(load_config(None, shard_cfg))
+    monkeypatch.setattr(ShardDataset, "__getitem__", original)
+    from_shards, result = pretrain(load_config(None, [*shard_cfg, "data.num_workers=2"]))
+    assert result.resumed_from == 3
+    a = load_file(str(from_manifest / "encoder.safetensors"))
+    b = load_file(str(from_shards / "encoder.safetensors"))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    saved = OmegaConf.load(from_shards / "config.yaml").data.preprocess
+    assert [s["name"] for s in saved] == ["percentile", "resize_to_model"]
