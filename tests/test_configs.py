@@ -14,7 +14,12 @@ from medfm.train.pretrain import pretrain
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
 PRETRAIN = [p for p in CONFIGS if p.parent.name == "pretrain"]
-REAL_VOLUMES = {"ct_3d", "mri_3d", "xray_2d"}  # trained on real images: test_recipes_real.py
+REAL_VOLUMES = {
+    "ct_3d",
+    "mri_3d",
+    "xray_2d",
+    "uni4eye_mixed",
+}  # trained on real images: test_recipes_real.py
 TINY = [
     "model.depth=1",
     "train.max_steps=2",

@@ -18,7 +18,7 @@ from medfm.data.ingest import ingest
 from medfm.data.loading import load_path
 from medfm.data.manifest import read_manifest
 from medfm.eval.evaluation import evaluate
-from medfm.train.pretrain import pretrain
+from medfm.train.pretrain import dimensionality_groups, pretrain
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*nvImageCodec")]
 RECIPES = Path(__file__).parents[1] / "configs" / "pretrain"
@@ -161,3 +161,42 @@ def test_xray_recipe_on_real_monochrome1_radiographs(tmp_path):
     )
     _, trained = pretrain(cfg)
     assert trained.steps == 2 and np.isfinite(trained.final_loss)
+
+
+def test_uni4eye_mixed_recipe_trains_one_encoder_on_2d_and_3d(tmp_path):
+    datasets = pytest.importorskip("nilearn.datasets", reason="nilearn is in the [dev] extra")
+    from pydicom.data import get_testdata_file
+
+    src = tmp_path / "mixed"
+    src.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm", "RG1_UNCR.dcm", "RG3_UNCR.dcm"):  # 2D
+        shutil.copy(get_testdata_file(name), src / name)
+    datasets.load_mni152_template(resolution=2).to_filename(src / "t1.nii.gz")  # 3D
+    datasets.load_mni152_gm_template(resolution=2).to_filename(src / "gm.nii.gz")
+    datasets.load_mni152_wm_template(resolution=2).to_filename(src / "wm.nii.gz")
+    shutil.copy(Path(data_path) / "anatomical.nii", src / "anatomical.nii")
+    manifest = ingest(
+        [src], tmp_path / "ingest", salt="s", fractions=(1.0, 0.0, 0.0), progress=False
+    ).manifest
+    rows = read_manifest(manifest)
+    assert {r["split"] for r in rows} == {"train"}
+    assert sorted(dimensionality_groups(rows).tolist()) == [2, 2, 2, 2, 3, 3, 3, 3]
+    overrides = [
+        "model.name=unified_tiny",
+        "model.depth=1",
+        "model.patch_size=8",
+        "data.image_size=32",
+        "data.depth_size=16",
+        "data.preprocess=[{name: percentile}, {name: resize_to_model, size: 32, depth: 16}]",
+        "ssl.decoder_dim=32",
+        "ssl.decoder_depth=1",
+        "train.batch_size=2",
+        "train.max_steps=4",  # one epoch: two 2D and two 3D batches
+        "train.warmup_steps=1",
+        "train.progress=false",
+        "tracking.enabled=false",
+        f"data.manifest={manifest}",
+        f"out_dir={tmp_path / 'enc'}",
+    ]
+    _, result = pretrain(load_config(RECIPES / "uni4eye_mixed.yaml", overrides))
+    assert result.steps == 4 and np.isfinite(result.final_loss)

@@ -36,6 +36,24 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
     return order[pos * batch_size : (pos + 1) * batch_size]
 
 
+def grouped_batch_indices(step: int, groups: np.ndarray, batch_size: int, seed: int) -> np.ndarray:
+    """Indices of the ``step``-th batch when every batch must come from one group (e.g. 2D or
+    3D images, for a unified encoder trained on both, Uni4Eye): each epoch, every group's
+    seeded permutation is cut into full batches, and the batches of all groups are shuffled
+    together; a pure function of ``(seed, step)`` like :func:`batch_indices`."""
+    labels = np.unique(groups)
+    per_epoch = sum(max(1, int((groups == g).sum()) // batch_size) for g in labels)
+    epoch, pos = divmod(step, per_epoch)
+    batches = []
+    for j, g in enumerate(labels):
+        members = np.flatnonzero(groups == g)
+        order = members[np.random.default_rng([seed, epoch, j]).permutation(len(members))]
+        full = max(1, len(order) // batch_size)
+        batches += [order[k * batch_size : (k + 1) * batch_size] for k in range(full)]
+    shuffle = np.random.default_rng([seed, epoch, 99]).permutation(len(batches))
+    return batches[shuffle[pos]]
+
+
 def sample_seeds(step: int, batch_size: int, seed: int) -> np.ndarray:
     """One seed per position of the ``step``-th global batch (for per-sample randomness)."""
     return np.random.default_rng([seed, step, 7]).integers(0, 2**62, size=batch_size)
@@ -53,7 +71,8 @@ def rank_share(values: np.ndarray, rank: int, world_size: int) -> np.ndarray:
 
 
 class StepBatchSampler(Sampler):
-    """For each step in ``[start, stop)``: this rank's ``(index, seed)`` pairs of the batch."""
+    """For each step in ``[start, stop)``: this rank's ``(index, seed)`` pairs of the batch
+    (with ``groups``, every batch from a single group: :func:`grouped_batch_indices`)."""
 
     def __init__(
         self,
@@ -64,12 +83,17 @@ class StepBatchSampler(Sampler):
         stop: int,
         rank: int = 0,
         world: int = 1,
+        groups: np.ndarray | None = None,
     ) -> None:
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.start, self.stop, self.rank, self.world = start, stop, rank, world
+        self.groups = None if groups is None else np.asarray(groups)
 
     def step_items(self, step: int) -> list[tuple[int, int]]:
-        idx = batch_indices(step, self.n, self.batch_size, self.seed)
+        if self.groups is not None:
+            idx = grouped_batch_indices(step, self.groups, self.batch_size, self.seed)
+        else:
+            idx = batch_indices(step, self.n, self.batch_size, self.seed)
         seeds = sample_seeds(step, len(idx), self.seed)
         idx, seeds = (
             rank_share(idx, self.rank, self.world),

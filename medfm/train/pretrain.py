@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -130,6 +131,19 @@ def _metadata(rows: list[dict], cfg: DictConfig) -> torch.Tensor | None:
         ) from None
 
 
+def _spatial_dims(shape: str) -> int:
+    sides = [int(v) for v in shape.split("x") if v.isdigit()]
+    return 2 if len(sides) == 3 and sides[-1] in (3, 4) else len(sides)
+
+
+def dimensionality_groups(rows: list[dict]) -> np.ndarray | None:
+    """Spatial axes per row (2 or 3, from the manifest's ``shape``) when the rows mix 2D and 3D
+    images, so that every batch holds one kind (a unified encoder, Uni4Eye); else None. A shape
+    ``HxWx3`` (or ``x4``) is an RGB(A) image, as ingestion writes colour tiles."""
+    dims = np.array([_spatial_dims(str(r.get("shape") or "")) for r in rows])
+    return dims if len(np.unique(dims)) > 1 else None
+
+
 def _batches(rows: list[dict], meta: torch.Tensor | None, cfg: DictConfig, info: D.DistInfo):
     """``batches(start)``: this rank's batch for each step from ``start``, made by a DataLoader
     with ``data.num_workers`` workers over the train rows (random patches when ``data.patch``)."""
@@ -147,6 +161,7 @@ def _batches(rows: list[dict], meta: torch.Tensor | None, cfg: DictConfig, info:
         augment_steps(cfg.data),
     )
     workers = int(cfg.data.get("num_workers") or 0)
+    groups = dimensionality_groups(rows) if not cfg.data.get("shards") else None
 
     def batches(start: int):
         sampler = StepBatchSampler(
@@ -157,6 +172,7 @@ def _batches(rows: list[dict], meta: torch.Tensor | None, cfg: DictConfig, info:
             int(cfg.train.max_steps),
             info.rank,
             info.world_size,
+            groups,
         )
         pin = info.device.type == "cuda"
         return step_loader(dataset, sampler, workers, pin, int(cfg.data.prefetch_factor))

@@ -81,3 +81,15 @@ def test_augment_steps_are_keyed_by_the_patch_seed_and_checked_at_load():
     bad = OmegaConf.create({"augment": [{"name": "stian"}]})
     with pytest.raises(PreprocessError, match=r"data.augment\[0\] 'stian'.*did you mean 'stain'"):
         augment_steps(bad)
+
+
+def test_grouped_batches_hold_one_group_and_cover_each_epoch():
+    from medfm.data.loader import grouped_batch_indices
+
+    groups = np.array([2] * 6 + [3] * 4)
+    epoch = [grouped_batch_indices(s, groups, 2, seed=0) for s in range(5)]  # 3 + 2 batches
+    assert all(len(np.unique(groups[b])) == 1 for b in epoch)
+    assert sorted(np.concatenate(epoch).tolist()) == list(range(10))
+    assert {int(groups[b][0]) for b in epoch} == {2, 3}
+    again = [grouped_batch_indices(s, groups, 2, seed=0) for s in range(5)]
+    assert all(np.array_equal(a, b) for a, b in zip(epoch, again, strict=True))
