@@ -118,11 +118,11 @@ def pretrain_child(recipe: Path, args: list[str]) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def speed(name: str, recipe: Path, base: list[str], root: Path, steps: int) -> None:
+def speed(name: str, recipe: Path, base: list[str], root: Path, steps: int, workers: int) -> None:
     cfg = load_config(recipe, [*base, f"out_dir={root / 'probe'}", "data.cache=none"])
-    rates = {w: loader_rate(cfg, w, steps) for w in (0, 1, 2)}
+    rates = {w: loader_rate(cfg, w, steps) for w in sorted({0, 1, 2, workers})}
     run = pretrain_child(
-        recipe, [*base, f"out_dir={root / name}", "data.num_workers=2", "data.cache=none"]
+        recipe, [*base, f"out_dir={root / name}", f"data.num_workers={workers}", "data.cache=none"]
     )
     lines = (root / name / "metrics.jsonl").read_text().splitlines()
     wait = [json.loads(line)["train/data_wait"] for line in lines if "train/data_wait" in line]
@@ -132,7 +132,7 @@ def speed(name: str, recipe: Path, base: list[str], root: Path, steps: int) -> N
             f"  loader, {w} workers: {r:7.1f} images/s = {r / run['rate']:5.2f}x the training "
             f"step's consumption ({run['rate']:.1f} images/s)"
         )
-    print(f"  data-wait fraction of {steps} training steps with 2 workers: {wait[-1]:.1%}")
+    print(f"  data-wait fraction of {steps} training steps, {workers} workers: {wait[-1]:.1%}")
 
 
 def memory(recipe: Path, base: list[str], root: Path) -> None:
@@ -169,6 +169,7 @@ def main() -> None:
     parser.add_argument("--volumes", type=int, default=24)
     parser.add_argument("--tiles", type=int, default=96)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=2, help="workers of the training run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -182,9 +183,11 @@ def main() -> None:
         tiles = ingest([root / "tiles"], root / "tile_ingest", salt="b", progress=False).manifest
         steps = f"train.max_steps={args.steps + 1}"
         ct_base = [*CPU_CT, f"data.manifest={ct}", steps]
-        speed("ct_3d", RECIPES / "ct_3d.yaml", ct_base, root, args.steps)
+        speed("ct_3d", RECIPES / "ct_3d.yaml", ct_base, root, args.steps, args.workers)
         path_base = [*CPU_PATHOLOGY, f"data.manifest={tiles}", steps]
-        speed("pathology_2d", RECIPES / "pathology_2d.yaml", path_base, root, args.steps)
+        speed(
+            "pathology_2d", RECIPES / "pathology_2d.yaml", path_base, root, args.steps, args.workers
+        )
         memory(RECIPES / "ct_3d.yaml", ct_base, root)
 
 

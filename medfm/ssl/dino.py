@@ -28,7 +28,7 @@ from medfm.models.vit3d import ViT3D
 from medfm.ssl.ema import EMATeacher, cosine_momentum
 from medfm.ssl.heads import DINOHead
 from medfm.ssl.losses import DINOLoss
-from medfm.ssl.views import MultiCrop
+from medfm.ssl.views import MultiCrop, call_views
 
 Encoder = VisionTransformer | ViT3D
 
@@ -152,7 +152,10 @@ class DINO(nn.Module):
         momentum: EMA momentum at step 0; it rises along a cosine to ``momentum_final`` at
             ``momentum_steps`` (constant when ``momentum_steps`` is None).
         views: a callable ``images -> [global, global, local, ...]``; default
-            ``MultiCrop(encoder size, half of it, n_local)``.
+            ``MultiCrop(encoder size, half of it, n_local)``. A ``batch["sample_seed"]`` (the
+            engine's per-image seeds) goes to it when it takes ``sample_seeds``
+            (:func:`~medfm.ssl.views.call_views`), so every crop of a sample is drawn from that
+            sample's seed and does not depend on the batch's split over processes or workers.
         pooling: ``"mean"`` of patch tokens or ``"cls"``.
     """
 
@@ -193,7 +196,7 @@ class DINO(nn.Module):
         )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        crops = self.views(batch["image"])
+        crops = call_views(self.views, batch["image"], batch.get("sample_seed"))
         n_global = 2
         global_crops = torch.cat(crops[:n_global])  # (2B, C, [D,] H, W)
         teacher_out = self.teacher(global_crops).chunk(n_global)  # 2 x (B, K)

@@ -23,13 +23,15 @@ from medfm.ssl.heads import ProjectionHead
 from medfm.ssl.losses import info_nce
 from medfm.ssl.mae import MAE
 from medfm.ssl.simclr import default_views
+from medfm.ssl.views import call_views
 
 
 class Hybrid(nn.Module):
     """``forward({"image": (B, C, [D,] H, W)})`` -> ``{"loss", "loss_contrastive"}`` plus MAE's
     detached terms (``loss_mae``, ``mask_fraction``, ...); all but ``loss`` detached. A
     ``batch["sample_seed"]`` (one seed per image, as the engine's batches carry) goes to the MAE
-    term, whose masks then depend on each sample alone, not on the batch's split over processes.
+    term and to the views (:func:`~medfm.ssl.views.call_views`), whose masks and views then
+    depend on each sample alone, not on the batch's split over processes or workers.
 
     Args:
         encoder: the timm ViT or ViT3D shared by both terms (held once, as ``self.mae.encoder``).
@@ -77,9 +79,9 @@ class Hybrid(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         images = batch["image"]
-        # the per-sample seeds make the masks independent of how the batch is split over ranks
+        # the per-sample seeds make masks and views independent of the batch's split over ranks
         mae_out = self.mae({k: v for k, v in batch.items() if k in ("image", "sample_seed")})
-        v1, v2 = self.views(images)
+        v1, v2 = call_views(self.views, images, batch.get("sample_seed"))
         features = encode(self.encoder, torch.cat([v1, v2]), self.pooling)  # (2B, D)
         z1, z2 = self.projector(features).chunk(2)
         gathers = self.gather_distributed and self.training

@@ -18,7 +18,8 @@ class MetadataContrastive(SimCLR):
 
     ``sigma`` is in the metadata's units (e.g. years); standardise the metadata first to use
     ``sigma`` in standard deviations. Other arguments as :class:`~medfm.ssl.simclr.SimCLR`;
-    with ``gather_distributed`` the keys and their metadata are gathered from every rank.
+    with ``gather_distributed`` the keys and their metadata are gathered from every rank. As in
+    SimCLR, the views are drawn from ``batch["sample_seed"]`` when the batch has it.
     """
 
     def __init__(
@@ -48,6 +49,6 @@ class MetadataContrastive(SimCLR):
                 "ssl.meta_key to the key that holds it."
             )
         meta = torch.as_tensor(batch[self.meta_key], dtype=torch.float32)
-        z1, z2 = self.embed_views(batch["image"])
+        z1, z2 = self.embed_views(batch["image"], batch.get("sample_seed"))
         loss = metadata_weighted_info_nce(z1, z2, meta, self.temperature, self.sigma, self.gathers)
         return {"loss": loss, "loss_contrastive": loss.detach()}

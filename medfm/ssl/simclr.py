@@ -13,7 +13,7 @@ from medfm.models.backbones import encode
 from medfm.models.vit3d import ViT3D
 from medfm.ssl.heads import ProjectionHead
 from medfm.ssl.losses import info_nce
-from medfm.ssl.views import TwoViews
+from medfm.ssl.views import TwoViews, call_views
 
 
 def default_views(encoder: VisionTransformer | ViT3D) -> TwoViews:
@@ -27,7 +27,11 @@ class SimCLR(nn.Module):
 
     Both views go through the encoder and the projector as one ``2B`` batch, so the projector's
     BatchNorm sees both. ``views`` is a callable ``images -> (view1, view2)`` whose views have the
-    encoder's input size; default :func:`default_views`.
+    encoder's input size; default :func:`default_views`. A ``batch["sample_seed"]`` (one seed per
+    image, as the engine's batches carry) goes to ``views`` when it takes ``sample_seeds``
+    (:func:`~medfm.ssl.views.call_views`): each sample's views are then drawn from its own seed,
+    so they do not depend on how the batch is split over processes or workers. Without it the
+    default views draw their seeds from the global torch RNG.
 
     With ``gather_distributed`` (default) a training-mode forward under ``torch.distributed``
     takes its negatives from every rank's projections, all-gathered with gradients (lightly's
@@ -60,14 +64,17 @@ class SimCLR(nn.Module):
         """Whether this forward gathers negatives across ranks (training mode only)."""
         return self.gather_distributed and self.training
 
-    def embed_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two views of ``images`` -> projections ``z1, z2`` ``(B, proj_dim)``."""
-        v1, v2 = self.views(images)
+    def embed_views(
+        self, images: torch.Tensor, sample_seeds: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two views of ``images`` -> projections ``z1, z2`` ``(B, proj_dim)``; the views of
+        sample ``i`` are drawn from ``sample_seeds[i]`` (:mod:`medfm.ssl.views`)."""
+        v1, v2 = call_views(self.views, images, sample_seeds)
         z = self.projector(encode(self.encoder, torch.cat([v1, v2]), self.pooling))  # (2B, P)
         z1, z2 = z.chunk(2)
         return z1, z2
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        z1, z2 = self.embed_views(batch["image"])
+        z1, z2 = self.embed_views(batch["image"], batch.get("sample_seed"))
         loss = info_nce(z1, z2, self.temperature, gather_distributed=self.gathers)
         return {"loss": loss, "loss_contrastive": loss.detach()}

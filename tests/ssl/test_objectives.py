@@ -13,8 +13,12 @@ from medfm.ssl.views import (
     MultiCrop,
     TwoViews,
     adjust_intensity,
+    call_views,
+    crop_flip_theta,
     gaussian_blur,
+    mix_seeds,
     random_resized_crop,
+    view_seeds,
 )
 
 TINY = ["model.depth=1", "data.image_size=16", "ssl.local_crop_size=8", "ssl.n_local_crops=2"]
@@ -154,18 +158,100 @@ def test_encode_any_size_is_encode_at_native_size_and_handles_local_crops():
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_views_are_reproducible_differ_across_samples_and_stay_in_range(channels):
+def test_views_are_keyed_by_sample_seeds_differ_across_samples_and_stay_in_range(channels):
     same = torch.rand(1, channels, 32, 32).expand(6, -1, -1, -1).contiguous()
     views = TwoViews(16, random_field_strength=0.5)
+    seeds = torch.arange(100, 106)
     torch.manual_seed(5)
-    v1, v2 = views(same)
-    torch.manual_seed(5)
-    w1, w2 = views(same)
+    v1, v2 = views(same, sample_seeds=seeds)
+    torch.manual_seed(6)  # the global RNG plays no part once the seeds are given
+    w1, w2 = views(same, sample_seeds=seeds.clone())
     assert torch.equal(v1, w1) and torch.equal(v2, w2)
     assert v1.shape == (6, channels, 16, 16)
     assert 0.0 <= v1.min() and v1.max() <= 1.0
     assert not torch.allclose(v1, v2)
     assert all(not torch.allclose(v1[0], v1[i]) for i in range(1, 6))
+    other = views(same, sample_seeds=seeds + 6)
+    assert not torch.allclose(other[0], v1) and not torch.allclose(other[1], v2)
+    # without seeds they are drawn from the global RNG: random, and fixed by torch.manual_seed
+    torch.manual_seed(5)
+    f1, f2 = views(same)
+    torch.manual_seed(5)
+    g1, g2 = views(same)
+    assert torch.equal(f1, g1) and torch.equal(f2, g2) and not torch.allclose(f1, v1)
+    with pytest.raises(ValueError, match="sample_seeds"):
+        views(same, sample_seeds=seeds[:3])
+
+
+def _all_on(**kwargs):
+    """Every augmentation switched on, then ``kwargs``."""
+    on = {"random_field_strength": 0.5, "blur_prob": 1.0, "noise_prob": 1.0, "jitter_prob": 1.0}
+    return on | kwargs
+
+
+@pytest.mark.parametrize(
+    ("views", "exact"),
+    [
+        (TwoViews(16, **_all_on()), False),
+        (MultiCrop(16, 8, n_local=2, **_all_on()), False),
+        (TwoViews(16, **_all_on(blur_prob=0.0)), True),
+    ],
+    ids=["two_views", "multi_crop", "two_views_no_blur"],
+)
+def test_a_samples_views_do_not_depend_on_the_rest_of_its_batch(views, exact):
+    """Sample 2's views, alone, in a batch of 4 or in a batch of 8 with the same seed, are the
+    same (bit for bit without blur; the batched blur convolution may round differently, ~1e-7);
+    another seed gives other views."""
+    images = torch.rand(8, 1, 32, 32)
+    seeds = torch.randint(0, 2**62, (8,), generator=torch.Generator().manual_seed(0))
+    full, four, alone = (views(images[k], sample_seeds=seeds[k]) for k in (slice(8), slice(4), [2]))
+    reseeded = views(images[[2]], sample_seeds=seeds[[2]] + 1)
+    for f, q, a, r in zip(full, four, alone, reseeded, strict=True):
+        if exact:
+            assert torch.equal(f[2:3], a) and torch.equal(f[:4], q)
+        torch.testing.assert_close(f[2:3], a, rtol=0, atol=1e-6)
+        torch.testing.assert_close(f[:4], q, rtol=0, atol=1e-6)
+        assert (r - a).abs().max() > 0.05
+    # the random parameters themselves are bitwise per sample
+    theta_all = crop_flip_theta(8, (32, 32), sample_seeds=seeds)
+    assert torch.equal(theta_all[2:3], crop_flip_theta(1, (32, 32), sample_seeds=seeds[2:3]))
+
+
+def test_mix_seeds_and_view_seeds_give_distinct_reproducible_streams():
+    seeds = torch.tensor([0, 1, 2**62, -5])
+    mixed = mix_seeds(seeds, 3)
+    assert mixed.dtype == torch.int64 and (mixed >= 0).all()
+    assert torch.equal(mixed, mix_seeds(seeds.clone(), 3))
+    streams = torch.stack([mix_seeds(seeds, k) for k in range(4)] + [seeds])
+    assert len(set(streams.flatten().tolist())) == streams.numel()
+    assert not torch.equal(view_seeds(seeds, 0), view_seeds(seeds, 1))
+
+
+def test_objectives_draw_their_views_from_the_batchs_sample_seeds():
+    """SimCLR and DINO: the same images and ``sample_seed`` give the same loss whatever the global
+    RNG; other seeds give other views (another loss); a plain views callable still works."""
+    for name in ("simclr", "dino"):
+        torch.manual_seed(0)
+        objective, _ = _build(name)
+        objective.eval()  # no centre update, so repeated forwards are comparable
+        batch = {**_batch(), "sample_seed": torch.arange(4)}
+
+        def loss(global_seed, shift, objective=objective, batch=batch):
+            torch.manual_seed(global_seed)
+            with torch.no_grad():
+                return float(
+                    objective({**batch, "sample_seed": batch["sample_seed"] + shift})["loss"]
+                )
+
+        assert loss(1, 0) == loss(2, 0) != loss(1, 10), name
+    calls = []
+
+    def plain(images):
+        calls.append(len(images))
+        return images, images.flip(-1)
+
+    assert call_views(plain, torch.rand(2, 1, 4, 4), torch.arange(2))[0].shape == (2, 1, 4, 4)
+    assert calls == [2]
 
 
 def test_multicrop_shapes():
@@ -259,7 +345,8 @@ def _train_tiny(name, out_dir, stop_after_batches=None):
 
 @pytest.mark.parametrize("name", ["dino", "simclr"])
 def test_a_resumed_run_replays_the_views_and_teacher_of_an_uninterrupted_one(name, tmp_path):
-    """Views come from the global torch RNG, which checkpoints save: resuming is bit-exact."""
+    """Views are drawn from each batch's ``sample_seed``, a function of (seed, step, position),
+    so a resumed run sees the views of the uninterrupted one: resuming is bit-exact."""
     whole = _train_tiny(name, tmp_path / "whole")
     cut = _train_tiny(name, tmp_path / "cut", stop_after_batches=3)  # checkpoint at 2, stop in 3
     assert not all(torch.equal(whole[k], cut[k]) for k in whole)

@@ -123,18 +123,38 @@ def test_encode_any_size_interpolates_a_table_that_is_not_sincos():
     assert moved.shape == exact.shape and not torch.allclose(moved, exact)
 
 
-def test_volume_views_are_reproducible_differ_across_samples_and_stay_in_range():
+def test_volume_views_are_keyed_by_sample_seeds_differ_across_samples_and_stay_in_range():
     same = torch.rand(1, 1, 16, 16, 16).expand(4, -1, -1, -1, -1).contiguous()
     views = TwoViews(8, random_field_strength=0.5, blur_prob=1.0)
+    seeds = torch.arange(7, 11)
     torch.manual_seed(5)
-    v1, v2 = views(same)
-    torch.manual_seed(5)
-    w1, w2 = views(same)
+    v1, v2 = views(same, sample_seeds=seeds)
+    torch.manual_seed(6)  # the global RNG plays no part once the seeds are given
+    w1, w2 = views(same, sample_seeds=seeds)
     assert torch.equal(v1, w1) and torch.equal(v2, w2)
     assert v1.shape == (4, 1, 8, 8, 8)
     assert 0.0 <= v1.min() and v1.max() <= 1.0 and 0.0 <= v2.min() and v2.max() <= 1.0
     assert not torch.allclose(v1, v2)
     assert all(not torch.allclose(v1[0], v1[i]) for i in range(1, 4))
+    torch.manual_seed(5)  # without seeds: drawn from the global RNG, fixed by manual_seed
+    f1, _ = views(same)
+    torch.manual_seed(5)
+    assert torch.equal(f1, views(same)[0])
+
+
+def test_a_volumes_views_do_not_depend_on_the_rest_of_its_batch():
+    """Volume 1's global and local crops are the same alone and in a batch of 3 (up to the
+    rounding of the batched blur convolution), and another seed gives other crops."""
+    views = MultiCrop(8, 4, n_local=1, random_field_strength=0.5, blur_prob=1.0, noise_prob=1.0)
+    volumes = torch.rand(3, 1, 16, 16, 16)
+    seeds = torch.tensor([3, 2**61 + 5, 12345])
+    batch, alone = views(volumes, sample_seeds=seeds), views(volumes[1:2], sample_seeds=seeds[1:2])
+    reseeded = views(volumes[1:2], sample_seeds=seeds[1:2] + 1)
+    for b, a, r in zip(batch, alone, reseeded, strict=True):
+        torch.testing.assert_close(b[1:2], a, rtol=0, atol=1e-6)
+        assert (r - a).abs().max() > 0.05
+    theta = crop_flip_theta_3d(3, (16, 16, 16), sample_seeds=seeds)
+    assert torch.equal(theta[1:2], crop_flip_theta_3d(1, (16, 16, 16), sample_seeds=seeds[1:2]))
 
 
 def test_multicrop_on_volumes_and_one_3d_size_serves_2d_batches():

@@ -4,11 +4,14 @@
 _ddp_objectives.py OUT`` (gloo). For each objective it writes, from rank 0,
 ``OUT/<name>/metrics.jsonl`` (the engine's loss curve over a few steps of a fixed global batch
 stream) and ``OUT/<name>_grads.pt`` (the DDP-averaged gradient of one step at a fixed global
-batch); in a distributed run also ``OUT/collectives.json`` (checks of :mod:`medfm.ssl.gather`).
+batch) and ``OUT/<name>_views.pt`` (the views of that batch, every rank's share in rank
+order); in a distributed run also ``OUT/collectives.json`` (checks of :mod:`medfm.ssl.gather`).
 
-Views are deterministic (no random augmentation: the views' RNG is per process, so 1 and 2
-processes would draw different crops) and the SimCLR-style projectors use LayerNorm, because
-torch's SyncBatchNorm does not run on CPU; everything else is the objectives' own code.
+The views are the objectives' real default random ones (SimCLR's two views, DINO's multi-crop),
+drawn from each sample's ``sample_seed`` (:mod:`medfm.ssl.views`), so 1 and 2 processes make the
+same views of a sample. The SimCLR-style projectors use LayerNorm instead of their default
+BatchNorm, whose statistics would be per process (torch's SyncBatchNorm does not run on CPU);
+DINO's head has no BatchNorm and stays as it is. Everything else is the objectives' own code.
 """
 
 from __future__ import annotations
@@ -29,18 +32,11 @@ from medfm.ssl.hybrid import Hybrid
 from medfm.ssl.losses import info_nce
 from medfm.ssl.metadata import MetadataContrastive
 from medfm.ssl.simclr import SimCLR
+from medfm.ssl.views import call_views
 from medfm.train import distributed as D
 from medfm.train.engine import train
 
 GLOBAL_BATCH, STEPS = 8, 3
-
-
-def two_views(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return images, (images.flip(-1) * 0.8 + 0.1).roll(1, dims=-2)
-
-
-def multi_crop(images: torch.Tensor) -> list[torch.Tensor]:
-    return [*two_views(images), images[..., :8, :8], images[..., 8:, 4:12].flip(-2)]
 
 
 def encoder() -> VisionTransformer:
@@ -52,8 +48,9 @@ def encoder() -> VisionTransformer:
 def build(name: str) -> nn.Module:
     torch.manual_seed(0)
     if name == "dino":
-        return DINO(encoder(), out_dim=64, views=multi_crop, hidden_dim=32, bottleneck_dim=16)
-    kwargs = {"proj_dim": 16, "hidden_dim": 32, "views": two_views}
+        # default MultiCrop views: 2 global 16 x 16 crops and 2 local 8 x 8 ones
+        return DINO(encoder(), out_dim=64, n_local=2, hidden_dim=32, bottleneck_dim=16)
+    kwargs = {"proj_dim": 16, "hidden_dim": 32}  # default TwoViews(16)
     if name == "simclr":
         objective = SimCLR(encoder(), **kwargs)
     elif name == "metadata":
@@ -110,16 +107,21 @@ def check_collectives(info: D.DistInfo, out: Path) -> None:
 
 
 def dump_grads(name: str, info: D.DistInfo, out: Path) -> None:
-    """One forward/backward at a fixed global batch through DDP; rank 0 saves the gradients."""
+    """One forward/backward at a fixed global batch through DDP; rank 0 saves the gradients and
+    the views of the whole global batch (every rank's, in rank order)."""
     objective = build(name)
     model = nn.parallel.DistributedDataParallel(objective) if info.enabled else objective
-    model(share(global_batch(99), info))["loss"].backward()
+    batch = share(global_batch(99), info)
+    model(batch)["loss"].backward()
+    views = [v.clone() for v in call_views(objective.views, batch["image"], batch["sample_seed"])]
+    views = [torch.cat(vs) for vs in zip(*D.gather_objects(views, info), strict=True)]
     if info.is_main:
         grads = {k: p.grad.clone() for k, p in objective.named_parameters() if p.grad is not None}
         torch.save(grads, out / f"{name}_grads.pt")
+        torch.save(views, out / f"{name}_views.pt")
     if name == "simclr":  # without the gather: local negatives only, a different loss
         with torch.no_grad():
-            z1, z2 = objective.embed_views(share(global_batch(99), info)["image"])
+            z1, z2 = objective.embed_views(batch["image"], batch["sample_seed"])
             local = D.mean_across(float(info_nce(z1, z2, objective.temperature)), info)
         if info.is_main:
             (out / "simclr_local_loss.json").write_text(json.dumps(local))

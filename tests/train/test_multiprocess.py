@@ -1,7 +1,8 @@
 """Real processes: a SIGKILLed run resumes bitwise, and 2 DDP processes (torchrun, gloo)
 follow the same loss curve as 1 process on the same global batch: MAE through the CLI, and
-SimCLR, hybrid, metadata and DINO through the engine (``_ddp_objectives.py``), whose contrastive
-negatives are all-gathered with gradients and whose DINO centre is all-reduced."""
+SimCLR, hybrid, metadata and DINO through the engine (``_ddp_objectives.py``) with their real
+random views, drawn from each sample's seed, whose contrastive negatives are all-gathered with
+gradients and whose DINO centre is all-reduced."""
 
 import json
 import os
@@ -166,7 +167,19 @@ def test_gather_with_grad_across_two_processes(objective_runs):
 
 @pytest.mark.parametrize("name", OBJECTIVES)
 def test_two_ddp_processes_match_one_for_contrastive_and_dino(objective_runs, name):
+    """With the objectives' real default random views (SimCLR's two views, DINO's multi-crop),
+    keyed by each sample's seed: the same views, loss curve and gradient on 1 and 2 processes."""
     one, two = objective_runs
+    # each rank made the views of its share as one process makes them for the whole batch
+    views_one, views_two = (
+        torch.load(one / f"{name}_views.pt"),
+        torch.load(two / f"{name}_views.pt"),
+    )
+    assert len(views_one) == len(views_two) == (4 if name == "dino" else 2)
+    for v1, v2 in zip(views_one, views_two, strict=True):
+        assert v1.shape[0] == 8
+        torch.testing.assert_close(v2, v1, rtol=0, atol=1e-6)
+    assert not torch.allclose(views_one[0], views_one[1])  # random views, not a fixed pair
     losses_one, losses_two = _losses(one / name), _losses(two / name)
     assert len(losses_one) == len(losses_two) == 3
     assert losses_two == pytest.approx(losses_one, rel=1e-4)
