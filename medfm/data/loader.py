@@ -8,8 +8,8 @@ sampler at ``s``: the sampler's position is the checkpoint's step.
 
 :class:`StepBatchSampler` yields this rank's share of each global batch; :func:`step_loader`
 wraps it in a ``torch.utils.data.DataLoader`` (``data.num_workers`` worker processes, pinned
-memory on CUDA, prefetching); :func:`index_batches` does the same in-process for data that is
-already a tensor (fine-tuning).
+memory on CUDA, prefetching); :func:`in_memory_batches` does the same in-process for data that
+is already a tensor (fine-tuning).
 """
 
 from __future__ import annotations
@@ -179,17 +179,6 @@ def step_loader(
     )
 
 
-def index_batches(
-    get_batch: Callable[[np.ndarray], dict], sampler: StepBatchSampler
-) -> Iterator[dict]:
-    """In-process batches for data already in memory: ``get_batch(indices)`` plus seeds."""
-    for items in sampler:
-        idx = np.array([i for i, _ in items], dtype=np.int64)
-        batch = dict(get_batch(idx))
-        batch["sample_seed"] = torch.as_tensor([s for _, s in items], dtype=torch.int64)
-        yield batch
-
-
 def in_memory_batches(
     get_batch: Callable[[np.ndarray], dict],
     n: int,
@@ -202,8 +191,9 @@ def in_memory_batches(
     """``batches(start)`` for the engine over ``n`` in-memory samples served by ``get_batch``."""
 
     def batches(start: int) -> Iterator[dict]:
-        return index_batches(
-            get_batch, StepBatchSampler(n, batch_size, seed, start, stop, rank, world)
-        )
+        for items in StepBatchSampler(n, batch_size, seed, start, stop, rank, world):
+            batch = dict(get_batch(np.array([i for i, _ in items], dtype=np.int64)))
+            batch["sample_seed"] = torch.as_tensor([s for _, s in items], dtype=torch.int64)
+            yield batch
 
     return batches

@@ -39,11 +39,12 @@ def _monai_loader() -> LoadImage:
         return LoadImage(image_only=True, ensure_channel_first=True)
 
 
-def _with_affine(volume: np.ndarray, headers: list) -> torch.Tensor:
-    """A channel-first DICOM volume as a MONAI ``MetaTensor`` carrying its RAS affine, so that
-    ``spacing`` and ``orientation`` preprocessing steps see the scanner geometry."""
+def _dicom_volume(headers: list) -> torch.Tensor:
+    """Ordered slices decoded into a channel-first volume; a MONAI ``MetaTensor`` carrying its
+    RAS affine when the headers have geometry, so ``spacing`` and ``orientation`` steps see the
+    scanner geometry."""
+    data = torch.as_tensor(stack_slices([decode_slice(h) for h in headers])[None])
     affine = series_affine(headers)
-    data = torch.as_tensor(volume[None])
     return data if affine is None else MetaTensor(data, affine=torch.as_tensor(affine))
 
 
@@ -53,14 +54,12 @@ def load_path(path: str) -> torch.Tensor:
     if "#" in path and path.split("#", 1)[0].endswith(".npz"):
         return torch.as_tensor(load_medmnist_image(path).astype(np.float32))
     if SERIES_SEPARATOR in path:
-        headers = [read_slice_header(Path(p)) for p in path.split(SERIES_SEPARATOR)]
-        return _with_affine(stack_slices([decode_slice(h) for h in headers]), headers)
+        return _dicom_volume([read_slice_header(Path(p)) for p in path.split(SERIES_SEPARATOR)])
     if is_dicom_file(Path(path)):  # decoded as ingestion did (multi-frame: frames last)
         return torch.as_tensor(load_series([Path(path)])[None])
     if Path(path).is_dir():  # a folder holding one DICOM series, ordered as ingestion did
         headers = [read_slice_header(p) for p in sorted(Path(path).iterdir()) if p.is_file()]
-        headers = order_slices(headers)
-        return _with_affine(stack_slices([decode_slice(h) for h in headers]), headers)
+        return _dicom_volume(order_slices(headers))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ImageOrientationPatient.*")
         return torch.as_tensor(_monai_loader()(path)).float()

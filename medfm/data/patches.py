@@ -52,12 +52,15 @@ def pad_to(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return torch.nn.functional.pad(image, pad, value=value)
 
 
+def _crop(image: torch.Tensor, starts: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+    return image[(slice(None), *(slice(a, a + s) for a, s in zip(starts, size, strict=True)))]
+
+
 def center_patch(image: torch.Tensor, size: Sequence[int], name: str = "") -> torch.Tensor:
     """The centre ``size`` patch of ``image (C, *spatial)``, padded where it is smaller."""
     _check_dims(image, size, name)
     image = pad_to(image, size)
-    starts = [(d - s) // 2 for d, s in zip(image.shape[1:], size, strict=True)]
-    return image[(slice(None), *(slice(a, a + s) for a, s in zip(starts, size, strict=True)))]
+    return _crop(image, [(d - s) // 2 for d, s in zip(image.shape[1:], size, strict=True)], size)
 
 
 def random_patches(
@@ -72,9 +75,7 @@ def random_patches(
         starts = [
             int(rng.integers(0, d - s + 1)) for d, s in zip(image.shape[1:], size, strict=True)
         ]
-        out.append(
-            image[(slice(None), *(slice(a, a + s) for a, s in zip(starts, size, strict=True)))]
-        )
+        out.append(_crop(image, starts, size))
     return torch.stack(out)
 
 

@@ -234,25 +234,29 @@ def classic_preprocess(data_cfg: DictConfig) -> list[dict]:
     ]
 
 
-def resolve_preprocess(data_cfg: DictConfig) -> list[dict]:
-    """``data.preprocess`` as a plain list of step mappings, ``null`` expanded; every step is
-    built once so an unknown name or bad argument fails here, before any image is read."""
+def _step_list(data_cfg: DictConfig) -> list[dict]:
+    """``data.preprocess`` as plain ``{name: ..., **arguments}`` mappings, ``null`` expanded."""
     steps = data_cfg.get("preprocess")
     if steps is None:
         steps = classic_preprocess(data_cfg)
     elif not isinstance(steps, list | ListConfig):
         raise PreprocessError("data.preprocess must be a list of steps, e.g. [{name: zscore}]")
-    resolved = []
+    named = [_arguments("data.preprocess", i, step) for i, step in enumerate(steps)]
+    return [{"name": name, **args} for name, args in named]
+
+
+def resolve_preprocess(data_cfg: DictConfig) -> list[dict]:
+    """``data.preprocess`` as a plain list of step mappings, ``null`` expanded; every step is
+    built once so an unknown name or bad argument fails here, before any image is read."""
+    steps = _step_list(data_cfg)
     for index, step in enumerate(steps):
-        name, args = _arguments("data.preprocess", index, step)
-        build_step(index, {"name": name, **args})
-        resolved.append({"name": name, **args})
-    return resolved
+        build_step(index, step)
+    return steps
 
 
 def preprocess_transforms(data_cfg: DictConfig) -> list[MapTransform]:
     """The deterministic transforms of ``data.preprocess``, then :class:`SlicesFirstd`."""
-    steps = resolve_preprocess(data_cfg)
+    steps = _step_list(data_cfg)
     return [build_step(i, step) for i, step in enumerate(steps)] + [SlicesFirstd(KEY)]
 
 

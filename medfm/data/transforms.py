@@ -40,7 +40,7 @@ def image_transforms(data_cfg: DictConfig, whole_image: bool = True) -> Compose:
 
     With ``data.patch.size`` set, pre-training samples random patches from these images
     (:mod:`medfm.data.patches`); with ``whole_image`` (feature extraction, monitors) each image
-    is instead embedded by its centre patch, zero-padded where the image is smaller.
+    is instead embedded by its centre patch, padded with its minimum where it is smaller.
     """
     steps = [LoadManifestImaged("image"), *preprocess_transforms(data_cfg)]
     steps.append(MatchChannelsd("image", int(data_cfg.channels)))

@@ -230,7 +230,7 @@ def enable_grad_checkpointing(objective: nn.Module) -> None:
         block.forward = lambda *a, _f=forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
 
 
-def _log_step(run, logger, tc, done: int, terms: dict, loss: float, speed: dict) -> None:
+def _log_step(run: _Run, logger: Logger, done: int, terms: dict, loss: float, speed: dict) -> None:
     metrics = (
         {f"train/{k}": v for k, v in terms.items()}
         | {
@@ -334,7 +334,7 @@ def train(
             wait=f"{now['data_wait']:.0%}",
         )
         if done % int(tc.log_every) == 0 or done == int(tc.max_steps):
-            _log_step(run, logger, tc, done, terms, loss, now)
+            _log_step(run, logger, done, terms, loss, now)
         stop = _early_stop(run, monitor, done, tc, logger)
         if tc.max_minutes and speed.elapsed() > 60 * float(tc.max_minutes):
             log.info("Stopping at step %d: train.max_minutes=%s reached", done, tc.max_minutes)

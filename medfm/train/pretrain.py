@@ -80,9 +80,7 @@ def _with_shard_preprocess(cfg: DictConfig) -> DictConfig:
             "`medfm shard` or drop the data.preprocess setting"
         )
     return OmegaConf.merge(
-        cfg,
-        {"data": {"preprocess": None, "channels": index["channels"]}},
-        {"data": {"preprocess": index["preprocess"]}},
+        cfg, {"data": {"preprocess": index["preprocess"], "channels": index["channels"]}}
     )
 
 
@@ -90,10 +88,8 @@ def resolve_data(cfg: DictConfig, rows: list[dict]) -> DictConfig:
     """``data.preprocess`` written out as the steps it means (checked now, before any image is
     read), channels filled in, and a default persistent-cache folder inside ``out_dir``."""
     cfg = _with_shard_preprocess(cfg)
-    steps = resolve_preprocess(cfg.data)
+    cfg = OmegaConf.merge(cfg, {"data": {"preprocess": resolve_preprocess(cfg.data)}})
     augment_steps(cfg.data)  # a bad data.augment step fails now too
-    cfg = OmegaConf.merge(cfg, {"data": {"preprocess": None}})
-    cfg.data.preprocess = steps
     if not cfg.data.get("cache_dir"):
         cfg.data.cache_dir = str(Path(cfg.out_dir) / "cache")
     size = patch_size(cfg.data)
