@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "manifest": None,  # path to an ingested manifest.csv
         "path": None,  # or a MedMNIST .npz used directly, with its official splits
-        "shards": None,  # or a folder written by `medfm shard` (preprocessed train split)
+        "shards": None,  # folder or fsspec URL (s3://...) written by `medfm shard`
         "image_size": 32,  # images are resized to image_size x image_size
         "depth_size": None,  # slices D of 3D volumes (vit3d_*/unified_*); null: image_size
         "channels": 1,  # null: found from the first image

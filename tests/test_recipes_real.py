@@ -163,7 +163,7 @@ def test_xray_recipe_on_real_monochrome1_radiographs(tmp_path):
     assert trained.steps == 2 and np.isfinite(trained.final_loss)
 
 
-def test_uni4eye_mixed_recipe_trains_one_encoder_on_2d_and_3d(tmp_path):
+def test_uni4eye_mixed_recipe_trains_and_evaluates_one_encoder_on_2d_and_3d(tmp_path):
     datasets = pytest.importorskip("nilearn.datasets", reason="nilearn is in the [dev] extra")
     from pydicom.data import get_testdata_file
 
@@ -198,5 +198,10 @@ def test_uni4eye_mixed_recipe_trains_one_encoder_on_2d_and_3d(tmp_path):
         f"data.manifest={manifest}",
         f"out_dir={tmp_path / 'enc'}",
     ]
-    _, result = pretrain(load_config(RECIPES / "uni4eye_mixed.yaml", overrides))
+    out, result = pretrain(load_config(RECIPES / "uni4eye_mixed.yaml", overrides))
     assert result.steps == 4 and np.isfinite(result.final_loss)
+    _labelled(manifest)  # the same mixed rows, now split for evaluation
+    eval_cfg = load_config(None, ["eval.heads=[linear, knn]", "eval.bootstrap=10"])
+    metrics = evaluate(out, manifest, eval_cfg, tmp_path / "eval", progress=False)
+    for head in ("linear", "knn", "random:linear"):
+        assert 0.0 <= metrics[head]["full"]["test_auc"] <= 1.0, head

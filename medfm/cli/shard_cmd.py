@@ -24,7 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="MANIFEST [KEY=VALUE ...]",
         help="manifest.csv written by `medfm ingest`, then data.* overrides (data.channels=1)",
     )
-    p.add_argument("--out", required=True, help="folder for the shards and shards.json")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for the shards and shards.json, or an fsspec URL (s3://bucket/ct, needs s3fs)",
+    )
     p.add_argument("--config", help="recipe whose data.preprocess steps to apply")
     p.add_argument("--per-shard", type=int, default=1000, help="samples per tar file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -44,5 +48,5 @@ def run(args: argparse.Namespace) -> int:
     rows = rows_for_split(rows, "train") or rows
     cfg = infer_channels(cfg, rows)
     out = write_shards(rows, cfg.data, args.out, args.per_shard, progress=not args.no_progress)
-    print(f"Wrote {len(rows)} train images to {out} (see {out / 'shards.json'})")
+    print(f"Wrote {len(rows)} train images to {out} (see {str(out).rstrip('/')}/shards.json)")
     return 0

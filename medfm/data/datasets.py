@@ -104,8 +104,13 @@ def build_dataset(
         return CacheDataset(items, transform, progress=progress, num_workers=0)
 
 
-def stack_images(dataset: Dataset, indices: Sequence[int]) -> torch.Tensor:
-    """``(B, C, H, W)`` batch of the images at ``indices``."""
+def load_image(dataset: Dataset, i: int) -> torch.Tensor:
+    """The ``image`` of sample ``i``, a tensor."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ImageOrientationPatient.*")
-        return torch.stack([torch.as_tensor(dataset[int(i)]["image"]) for i in indices])
+        return torch.as_tensor(dataset[int(i)]["image"])
+
+
+def stack_images(dataset: Dataset, indices: Sequence[int]) -> torch.Tensor:
+    """``(B, C, H, W)`` batch of the images at ``indices``."""
+    return torch.stack([load_image(dataset, i) for i in indices])

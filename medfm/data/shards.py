@@ -13,8 +13,13 @@ way: batches are chosen by :class:`medfm.data.loader.StepBatchSampler` from (see
 and :class:`ShardDataset` reads any sample by its global index from a per-shard table of tar
 member offsets (Python's ``tarfile``), so any number of workers or processes, and a resumed run,
 read exactly the samples an uninterrupted single process would. The tar files stay plain
-WebDataset shards, readable by ``webdataset.WebDataset`` for streaming consumers. Local folders
-only: copy shards from an object store first.
+WebDataset shards, readable by ``webdataset.WebDataset`` for streaming consumers.
+
+Object stores: ``DIR`` may be any fsspec URL (``s3://bucket/ct``, ``gs://...``, ``az://...``,
+``file://...``; install the store's fsspec package, e.g. ``s3fs``). A sample is then one ranged
+read of its tar member, so nothing is copied to local disk first. fsspec (a torch dependency)
+is used rather than hand-written clients because it is what torch, Hugging Face datasets and
+WebDataset's own ``gopen`` build on.
 
 No source path enters a shard: keys are sample positions, and ``meta.json`` holds only the
 manifest's pseudonymous ``id``.
@@ -25,9 +30,11 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -40,19 +47,43 @@ from medfm.data.preprocess import resolve_preprocess
 INDEX = "shards.json"
 
 
+def _store(folder: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem of ``folder`` (a local path or a URL) and its root path on it."""
+    fs, root = fsspec.core.url_to_fs(str(folder))
+    return fs, root.rstrip("/")
+
+
+def _is_local(folder: str | Path) -> bool:
+    return "://" not in str(folder) or str(folder).startswith("file://")
+
+
 def write_shards(
     rows: Sequence[dict],
     data_cfg: DictConfig,
     out_dir: str | Path,
     per_shard: int = 1000,
     progress: bool = True,
+) -> str | Path:
+    """Preprocess ``rows`` with ``data.preprocess`` and write them as WebDataset shards to
+    ``out_dir``, a local folder or an fsspec URL (written locally first, then uploaded)."""
+    if _is_local(out_dir):
+        return _write_local(rows, data_cfg, Path(_store(out_dir)[1]), per_shard, progress)
+    fs, root = _store(out_dir)
+    with tempfile.TemporaryDirectory(prefix="medfm-shards-") as tmp:
+        local = _write_local(rows, data_cfg, Path(tmp), per_shard, progress)
+        fs.makedirs(root, exist_ok=True)
+        for path in sorted(local.iterdir()):
+            fs.put_file(str(path), f"{root}/{path.name}")
+    return out_dir
+
+
+def _write_local(
+    rows: Sequence[dict], data_cfg: DictConfig, out: Path, per_shard: int, progress: bool
 ) -> Path:
-    """Preprocess ``rows`` with ``data.preprocess`` and write them as WebDataset shards."""
     try:
         import webdataset as wds
     except ImportError:
         raise ImportError('medfm shard needs webdataset: pip install "medfm[shards]"') from None
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = build_dataset(rows, OmegaConf.merge(data_cfg, {"cache": "none"}), whole_image=False)
     with wds.ShardWriter(str(out / "shard-%06d.tar"), maxcount=per_shard, verbose=0) as sink:
@@ -73,13 +104,14 @@ def write_shards(
 
 
 def read_index(folder: str | Path) -> dict:
-    path = Path(folder) / INDEX
-    if not path.is_file():
+    """``shards.json`` of ``folder`` (a local path or an fsspec URL)."""
+    fs, root = _store(folder)
+    if not fs.isfile(f"{root}/{INDEX}"):
         raise FileNotFoundError(
             f"data.shards={folder} has no {INDEX}; write shards with "
             "`medfm shard MANIFEST --out DIR`"
         )
-    return json.loads(path.read_text())
+    return json.loads(fs.cat_file(f"{root}/{INDEX}"))
 
 
 class ShardDataset(Dataset):
@@ -87,7 +119,8 @@ class ShardDataset(Dataset):
     seeking to its tar member; member offsets are listed once per shard, on first use."""
 
     def __init__(self, folder: str | Path) -> None:
-        self.folder, self.index = Path(folder), read_index(folder)
+        self.folder, self.index = folder, read_index(folder)
+        self.fs, self.root = _store(folder)
         self._offsets: dict[int, dict[str, tuple[int, int]]] = {}
 
     def __len__(self) -> int:
@@ -95,7 +128,7 @@ class ShardDataset(Dataset):
 
     def _members(self, shard: int) -> dict[str, tuple[int, int]]:
         if shard not in self._offsets:
-            with tarfile.open(self.folder / self.index["shards"][shard]) as tar:
+            with self.fs.open(self._path(shard), "rb") as f, tarfile.open(fileobj=f) as tar:
                 self._offsets[shard] = {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
         return self._offsets[shard]
 
@@ -107,9 +140,10 @@ class ShardDataset(Dataset):
                 f"{name} missing from {self.index['shards'][shard]}; rewrite the "
                 "shards with `medfm shard`"
             ) from None
-        with open(self.folder / self.index["shards"][shard], "rb") as f:
-            f.seek(offset)
-            return f.read(size)
+        return self.fs.cat_file(self._path(shard), start=offset, end=offset + size)
+
+    def _path(self, shard: int) -> str:
+        return f"{self.root}/{self.index['shards'][shard]}"
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):

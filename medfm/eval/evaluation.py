@@ -80,8 +80,9 @@ def evaluate(
         if enc.twin.cfg.model.pooling != enc.cfg.model.pooling:
             enc.twin.cfg.model.pooling = enc.cfg.model.pooling
         sources["random:"] = S.cached_encoder_features(enc.twin, rows, dataset, cache, progress)
-    if cfg.eval.baselines:
-        sources["pixels:"] = S.pixel_features(dataset)
+    pixels = S.pixel_features(dataset) if cfg.eval.baselines else None
+    if pixels is not None:
+        sources["pixels:"] = pixels
     logger.log_params(
         {
             "encoder": enc.name,

@@ -1,4 +1,9 @@
-"""Batched feature extraction: a dataset of samples -> a ``(n, d)`` float32 array."""
+"""Batched feature extraction: a dataset of samples -> a ``(n, d)`` float32 array.
+
+Consecutive samples of one shape share a batch; a change of shape (a manifest that mixes 2D
+images and 3D volumes, embedded by one Uni4Eye ``unified_*`` encoder) starts a new batch, so
+mixed manifests are embedded in their order without padding.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from monai.data import Dataset
 from torch import nn
 from tqdm.auto import tqdm
 
-from medfm.data.datasets import stack_images
+from medfm.data.datasets import load_image
 from medfm.models.backbones import encode
 
 
@@ -23,10 +28,19 @@ def extract_features(
     """Run ``model`` in eval mode over ``dataset`` in order; pooled features ``(n, d)``."""
     model.eval()
     device = next(model.parameters()).device
-    chunks = []
-    for start in tqdm(
-        range(0, len(dataset), batch_size), desc="features", unit="batch", disable=not progress
-    ):
-        images = stack_images(dataset, range(start, min(start + batch_size, len(dataset))))
-        chunks.append(encode(model, images.to(device), pooling).float().cpu().numpy())
+    chunks: list[np.ndarray] = []
+    batch: list[torch.Tensor] = []
+
+    def flush() -> None:
+        images = torch.stack(batch).to(device)
+        chunks.append(encode(model, images, pooling).float().cpu().numpy())
+        batch.clear()
+
+    for i in tqdm(range(len(dataset)), desc="features", unit="image", disable=not progress):
+        image = load_image(dataset, i)
+        if batch and (len(batch) == batch_size or image.shape != batch[0].shape):
+            flush()
+        batch.append(image)
+    if batch:
+        flush()
     return np.concatenate(chunks)

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from medfm.data.datasets import stack_images
+from medfm.data.datasets import load_image
 from medfm.eval.classification_metrics import classification_report, multilabel_auc
 from medfm.eval.encoders import EvalEncoder
 from medfm.eval.eval_plots import label_efficiency_curves, per_center_bars, roc_curves
@@ -69,20 +70,22 @@ def cached_encoder_features(enc: EvalEncoder, rows: list[dict], dataset, cache_d
     return cached_features(cache_dir, key, compute)
 
 
-def pixel_features(dataset, batch_size: int = 256) -> np.ndarray:
-    """Raw intensities flattened, average-pooled to at most 4096 values per image."""
-    chunks = []
-    for start in range(0, len(dataset), batch_size):
-        images = stack_images(dataset, range(start, min(start + batch_size, len(dataset))))
-        while images[0].numel() > MAX_PIXELS:
-            pool = (
-                torch.nn.functional.avg_pool3d
-                if images.ndim == 5
-                else torch.nn.functional.avg_pool2d
-            )
-            images = pool(images, 2)
-        chunks.append(images.flatten(1).numpy())
-    return np.concatenate(chunks).astype(np.float32)
+def pixel_features(dataset) -> np.ndarray | None:
+    """Raw intensities flattened, average-pooled to at most 4096 values per image; None (with a
+    warning) when the images differ in shape, e.g. a manifest of 2D images and 3D volumes, where
+    raw pixels share no feature space."""
+    rows, shape = [], None
+    for i in range(len(dataset)):
+        image = load_image(dataset, i)
+        if shape is not None and tuple(image.shape) != shape:
+            warnings.warn("images differ in shape: no pixels: baseline", stacklevel=2)
+            return None
+        shape = tuple(image.shape)
+        pool = F.avg_pool3d if image.ndim == 4 else F.avg_pool2d
+        while image.numel() > MAX_PIXELS:
+            image = pool(image, 2)
+        rows.append(image.flatten().numpy())
+    return np.stack(rows).astype(np.float32)
 
 
 # ------------------------------------------------------------------------- scoring

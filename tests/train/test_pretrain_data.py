@@ -161,3 +161,38 @@ def test_shards_give_the_weights_of_the_manifest_and_resume_exactly(tmp_path, mo
         assert torch.equal(a[name], b[name]), name
     saved = OmegaConf.load(from_shards / "config.yaml").data.preprocess
     assert [s["name"] for s in saved] == ["percentile", "resize_to_model"]
+
+
+def test_shards_read_from_an_object_store_url_give_the_local_samples(tmp_path):
+    """``medfm shard --out memory://...`` uploads the shards through fsspec (memory:// stands in
+    for s3://), and reading them back by URL gives the samples of the local copy bit for bit."""
+    import fsspec
+
+    from medfm.data.shards import ShardDataset, write_shards
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(7):
+        path = tmp_path / f"img{i}.npy"
+        np.save(path, rng.integers(0, 255, size=(12, 12), dtype=np.uint8))
+        rows.append({"id": f"p{i}", "path": str(path), "split": "train"})
+    data = load_config(None, ["data.image_size=12", "data.preprocess=[{name: percentile}]"]).data
+    write_shards(rows, data, tmp_path / "local", per_shard=3, progress=False)
+    url = "memory://medfm-test/ct"
+    assert write_shards(rows, data, url, per_shard=3, progress=False) == url
+    stored = fsspec.filesystem("memory").ls(url, detail=False)
+    assert sorted(p.rsplit("/", 1)[1] for p in stored) == [
+        "shard-000000.tar",
+        "shard-000001.tar",
+        "shard-000002.tar",
+        "shards.json",
+    ]
+    local, remote = ShardDataset(tmp_path / "local"), ShardDataset(url)
+    by_file_url = ShardDataset(f"file://{tmp_path / 'local'}")
+    assert len(local) == len(remote) == len(by_file_url) == 7
+    for i in (6, 0, 4):  # out of order: every read seeks its own member
+        assert remote[i]["id"] == local[i]["id"] == f"p{i}"
+        assert torch.equal(remote[i]["image"], local[i]["image"])
+        assert torch.equal(by_file_url[i]["image"], local[i]["image"])
+    with pytest.raises(FileNotFoundError, match="memory://medfm-test/none has no shards.json"):
+        ShardDataset("memory://medfm-test/none")
