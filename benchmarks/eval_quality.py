@@ -1,7 +1,7 @@
 """Downstream quality: pre-train on a MedMNIST file within a CPU budget, then run every head.
 
 Pre-trains with ``configs/pretrain/medmnist_2d.yaml`` for ``--minutes`` (or takes ``--encoder``),
-then ``medfm.eval.evaluation.evaluate`` runs linear, kNN, GDA, prototype, MLP, fine-tuning and
+then ``medfm.evaluation.run.evaluate`` runs linear, kNN, GDA, prototype, MLP, fine-tuning and
 model soups on the official splits, with the ``random:`` baseline of the same architecture and a
 raw-pixel logistic regression computed in the same run, and prints the table with 95% CIs.
 
@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from medfm.config import load_config
-from medfm.eval.eval_table import metrics_markdown
-from medfm.eval.evaluation import evaluate
+from medfm.evaluation.run import evaluate
+from medfm.evaluation.tables import metrics_markdown
 from medfm.train.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]

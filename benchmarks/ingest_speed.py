@@ -43,8 +43,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from medfm.config import load_config
 from medfm.data.datasets import build_dataset
-from medfm.data.dicom_series import decode_slice, read_slice_header
-from medfm.data.ingest import ingest
+from medfm.data.ingestion.ingest import ingest
+from medfm.data.sources.dicom_series import decode_slice, read_slice_header
 
 TARGETS = {"headers": 1500.0, "decode": 400.0, "cache_speedup": 5.0}
 

@@ -1,4 +1,4 @@
-"""Exact cosine kNN speed and memory (medfm.eval.knn), as ratios measured in one run.
+"""Exact cosine kNN speed and memory (medfm.features.neighbours), as ratios measured in one run.
 
 1. Throughput of the exact search on a subset (default n=50,000, d=384, k=10), for the torch
    backend and, when installed, faiss, each without and with groups (patients of 20 samples):
@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from medfm.eval.knn import BLOCK_BYTES, faiss_available, knn_search
+from medfm.features.neighbours import BLOCK_BYTES, faiss_available, knn_search
 from medfm.train.flops import matmul_rate
 
 FULL_N = 1_000_000

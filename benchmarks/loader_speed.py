@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from medfm.config import load_config
-from medfm.data.ingest import ingest
-from medfm.data.transforms import image_transforms
+from medfm.data.ingestion.ingest import ingest
+from medfm.data.transforms.compose import image_transforms
 from medfm.train.pretrain import _batches, load_rows, resolve_data
 
 RECIPES = Path(__file__).parents[1] / "configs" / "pretrain"

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from medfm.config import load_config
-from medfm.data.medmnist import medmnist_rows
-from medfm.eval.evaluate import FeatureTable, evaluate_heads
-from medfm.eval.runner import encoder_features
+from medfm.data.sources.medmnist import medmnist_rows
+from medfm.evaluation.legacy import FeatureTable, evaluate_heads
+from medfm.evaluation.legacy_runner import encoder_features
 from medfm.train.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ A semi-synthetic multi-center benchmark: the real images of ``shared/data/breast
 splits) are dealt to K virtual centers, balanced and stratified by class (seeded), and each center
 stamps its acquisition signature on its images (contrast / gamma, noise, blur, bias field; the
 profiles of :func:`medfm.data.synthetic.apply_center`) at strengths 0 to 1. A FIXED encoder embeds
-every version of every image, and both robustness indices (:func:`medfm.eval.robustness.
+every version of every image, and both robustness indices (:func:`medfm.robustness.index.
 robustness_index`; bio = the BreastMNIST label) are computed for the encoder and, in the same run,
 for the raw pixels. As the signature grows, neighbours should come more from the same center, so
 both indices should fall; the script checks and prints whether they do, prints the chance level of
@@ -35,10 +35,10 @@ import torch.nn.functional as F  # noqa: E402
 
 from medfm.config import load_config  # noqa: E402
 from medfm.data.synthetic import _PROFILES, apply_center  # noqa: E402
-from medfm.eval.report import render_robustness_card  # noqa: E402
-from medfm.eval.robustness import robustness_index  # noqa: E402
-from medfm.eval.runner import write_json  # noqa: E402
+from medfm.evaluation.legacy_runner import write_json  # noqa: E402
 from medfm.models import build_backbone, encode, load_encoder  # noqa: E402
+from medfm.robustness.card import render_robustness_card  # noqa: E402
+from medfm.robustness.index import robustness_index  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/breastmnist.npz"
 CLASS_NAMES = {0: "malignant", 1: "normal/benign"}  # BreastMNIST labels

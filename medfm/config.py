@@ -32,11 +32,11 @@ DEFAULTS: dict[str, Any] = {
         "channels": 1,  # null: found from the first image
         "intensity_min": 0.0,  # stored intensities mapped linearly from [min, max] to [0, 1]
         "intensity_max": 255.0,
-        # ordered named steps (medfm.data.preprocess); null: scale intensity_min/max to [0, 1]
+        # ordered named steps (medfm.data.transforms.preprocess); null: scale intensity_min/max to [0, 1]
         # and resize to image_size. Saved resolved in the encoder's config.yaml.
         "preprocess": None,
         "patch": {"size": None, "samples_per_volume": 1},  # random crops instead of a resize
-        "augment": [],  # random steps on each patch in pre-training (medfm.data.augment)
+        "augment": [],  # random steps on each patch in pre-training (medfm.data.transforms.augment)
         "cache": "auto",  # "none" | "memory" | "persistent" (on disk) | "auto" (memory if it fits)
         "cache_dir": None,  # folder for the "persistent" cache (default: out_dir/cache)
         "cache_budget_gb": 4.0,  # "auto": memory only while the cached images fit this budget

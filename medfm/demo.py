@@ -14,9 +14,14 @@ import time
 from pathlib import Path
 
 from medfm.config import load_config
-from medfm.data.ingest import ingest
+from medfm.data.ingestion.ingest import ingest
 from medfm.data.synthetic import SyntheticSpec, write_dataset
-from medfm.eval.runner import encoder_features, run_evaluate, run_robustness, write_json
+from medfm.evaluation.legacy_runner import (
+    encoder_features,
+    run_evaluate,
+    run_robustness,
+    write_json,
+)
 from medfm.tracking.base import local_tracking_uri, make_logger
 from medfm.train.pretrain import pretrain
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medfm.config import load_config
-from medfm.data.ingest import ingest
+from medfm.data.ingestion.ingest import ingest
 from medfm.data.synthetic import SyntheticSpec, write_dataset
 from medfm.models import load_encoder
 from medfm.train.pretrain import pretrain

@@ -14,10 +14,10 @@ from nibabel.testing import data_path
 from omegaconf import OmegaConf
 
 from medfm.config import load_config
-from medfm.data.ingest import ingest
-from medfm.data.loading import load_path
-from medfm.data.manifest import read_manifest
-from medfm.eval.evaluation import evaluate
+from medfm.data.ingestion.ingest import ingest
+from medfm.data.ingestion.manifest import read_manifest
+from medfm.data.sources.loading import load_path
+from medfm.evaluation.run import evaluate
 from medfm.train.pretrain import dimensionality_groups, pretrain
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*nvImageCodec")]

@@ -108,8 +108,8 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_ingest(args: argparse.Namespace) -> int:
-    from medfm.data.ingest import ingest
-    from medfm.data.ingest_rows import TileOptions
+    from medfm.data.ingestion.ingest import ingest
+    from medfm.data.ingestion.rows import TileOptions
 
     result = ingest(
         args.sources,

@@ -86,8 +86,8 @@ def _evaluate_config(args: argparse.Namespace):
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from medfm.eval.eval_table import metrics_markdown
-    from medfm.eval.evaluation import evaluate
+    from medfm.evaluation.run import evaluate
+    from medfm.evaluation.tables import metrics_markdown
     from medfm.tracking.base import make_logger
 
     cfg, protocols = _evaluate_config(args)
@@ -169,7 +169,7 @@ def _add_robustness(sub: argparse._SubParsersAction) -> None:
 
 def _run_robustness(args: argparse.Namespace) -> int:
     from medfm.config import ConfigError, load_config
-    from medfm.eval import audit_runner as A
+    from medfm.robustness import audit as A
     from medfm.tracking.base import make_logger
 
     if not args.embeddings and not (args.encoder and args.data):

@@ -28,8 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medfm.config import load_config
-    from medfm.data.augment import augment_steps
-    from medfm.data.preprocess import resolve_preprocess
+    from medfm.data.transforms.augment import augment_steps
+    from medfm.data.transforms.preprocess import resolve_preprocess
     from medfm.tracking.base import make_logger
     from medfm.train.pretrain import pretrain
 

@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from medfm.config import load_config
     from medfm.data.datasets import rows_for_split
-    from medfm.data.manifest import read_manifest
+    from medfm.data.ingestion.manifest import read_manifest
     from medfm.data.shards import write_shards
     from medfm.train.pretrain import infer_channels
 

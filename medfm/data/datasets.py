@@ -14,7 +14,7 @@ import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from omegaconf import DictConfig
 
-from medfm.data.transforms import image_transforms
+from medfm.data.transforms.compose import image_transforms
 
 SAMPLE_KEYS = ("image", "label", "center", "patient", "id", "split")
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from medfm.data.augment import AugmentStep, apply_augment
-from medfm.data.patches import patch_seeds, random_patches
+from medfm.data.transforms.augment import AugmentStep, apply_augment
+from medfm.data.transforms.patches import patch_seeds, random_patches
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from medfm.data.datasets import build_dataset
-from medfm.data.preprocess import resolve_preprocess
+from medfm.data.transforms.preprocess import resolve_preprocess
 
 INDEX = "shards.json"
 

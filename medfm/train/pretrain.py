@@ -15,21 +15,21 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medfm.config import ConfigError, flatten, save_config
-from medfm.data.augment import augment_steps
 from medfm.data.datasets import build_dataset, rows_for_split
+from medfm.data.ingestion.manifest import read_manifest
 from medfm.data.loader import PatchDataset, StepBatchSampler, step_loader
-from medfm.data.manifest import read_manifest
-from medfm.data.medmnist import medmnist_rows
-from medfm.data.patches import patch_size, samples_per_volume
-from medfm.data.preprocess import resolve_preprocess
 from medfm.data.shards import ShardDataset, read_index
+from medfm.data.sources.medmnist import medmnist_rows
+from medfm.data.transforms.augment import augment_steps
+from medfm.data.transforms.patches import patch_size, samples_per_volume
+from medfm.data.transforms.preprocess import resolve_preprocess
+from medfm.evaluation.monitor import make_monitor
 from medfm.models.backbones import build_backbone
 from medfm.models.encoder_io import save_encoder
 from medfm.ssl import build_objective
 from medfm.tracking.base import Logger, NullLogger
 from medfm.train import distributed as D
 from medfm.train.engine import TrainResult, train
-from medfm.train.monitor import make_monitor
 from medfm.train.seed import seed_everything
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ def infer_channels(cfg: DictConfig, rows: list[dict]) -> DictConfig:
         return cfg
     from monai.transforms import Compose
 
-    from medfm.data.loading import LoadManifestImaged
-    from medfm.data.preprocess import preprocess_transforms
+    from medfm.data.sources.loading import LoadManifestImaged
+    from medfm.data.transforms.preprocess import preprocess_transforms
 
     steps = Compose([LoadManifestImaged("image"), *preprocess_transforms(cfg.data)])
     channels = int(steps({"image": rows[0]["path"]})["image"].shape[0])

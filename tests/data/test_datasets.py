@@ -1,4 +1,4 @@
-"""Tests for medfm.data.datasets and medfm.data.transforms on an ingested synthetic manifest."""
+"""Tests for medfm.data.datasets and medfm.data.transforms.compose on an ingested synthetic manifest."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 
 from medfm.config import load_config
 from medfm.data.datasets import SAMPLE_KEYS, build_dataset, rows_for_split, stack_images
-from medfm.data.ingest import ingest
-from medfm.data.manifest import read_manifest
+from medfm.data.ingestion.ingest import ingest
+from medfm.data.ingestion.manifest import read_manifest
 from medfm.data.synthetic import SyntheticSpec, generate, write_dataset
-from medfm.data.transforms import MatchChannelsd
+from medfm.data.transforms.compose import MatchChannelsd
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*nvImageCodec"),

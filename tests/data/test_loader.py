@@ -69,8 +69,8 @@ def test_two_workers_deliver_the_same_batches_as_none():
 def test_augment_steps_are_keyed_by_the_patch_seed_and_checked_at_load():
     from omegaconf import OmegaConf
 
-    from medfm.data.augment import augment_steps
-    from medfm.data.preprocess import PreprocessError
+    from medfm.data.transforms.augment import augment_steps
+    from medfm.data.transforms.preprocess import PreprocessError
 
     cfg = OmegaConf.create({"augment": [{"name": "field_affine", "strength": 2.0}]})
     data = PatchDataset(_Images(), (6, 6), per_volume=2, augment=augment_steps(cfg))

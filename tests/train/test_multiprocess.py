@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medfm.data.ingest import ingest
+from medfm.data.ingestion.ingest import ingest
 from medfm.data.synthetic import SyntheticSpec, write_dataset
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from medfm.config import load_config
-from medfm.data.preprocess import PreprocessError
+from medfm.data.transforms.preprocess import PreprocessError
 from medfm.train.pretrain import pretrain
 
 pytestmark = pytest.mark.slow
@@ -88,7 +88,7 @@ def test_a_manifest_over_the_cache_budget_is_cached_on_disk(volumes, tmp_path):
 
 
 def test_evaluation_applies_the_encoders_steps_and_rejects_others(volumes, tmp_path):
-    from medfm.eval.evaluation import evaluate
+    from medfm.evaluation.run import evaluate
 
     out, _ = pretrain(_cfg(volumes, tmp_path / "enc"))
     cfg = load_config(None, ["eval.heads=[knn]", "eval.baselines=false", "eval.bootstrap=10"])
@@ -113,7 +113,7 @@ def test_a_2d_image_in_a_3d_recipe_names_the_image(tmp_path):
 
 def test_shards_give_the_weights_of_the_manifest_and_resume_exactly(tmp_path, monkeypatch):
     from medfm.cli.main import main
-    from medfm.data.ingest import ingest
+    from medfm.data.ingestion.ingest import ingest
     from medfm.data.shards import ShardDataset
     from medfm.data.synthetic import SyntheticSpec, write_dataset
 

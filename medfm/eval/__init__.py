@@ -1,1 +1,0 @@
-"""Features, heads (scikit-learn API), metrics and robustness (pure functions of arrays)."""

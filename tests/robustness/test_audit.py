@@ -1,0 +1,103 @@
+"""``medfm robustness`` end to end on embeddings files: JSON, card, comparison of encoders."""
+
+import json
+
+import numpy as np
+import pytest
+
+from medfm.cli.main import main
+from medfm.robustness.audit import AuditData, chance_level, run_audit
+from medfm.robustness.index import robustness_index
+
+
+def _clustered(by: str, seed: int = 0, n_per: int = 12):
+    """4 classes x 3 centers; embeddings cluster by ``by`` ("bio" or "center")."""
+    rng = np.random.default_rng(seed)
+    bio = np.repeat(np.arange(4), 3 * n_per) % 4
+    center = np.tile(np.repeat(np.arange(3), n_per), 4)
+    key = bio if by == "bio" else center
+    means = rng.normal(size=(4, 16)) * 5
+    emb = means[key] + rng.normal(size=(len(bio), 16))
+    patient = np.arange(len(bio)) // 2  # pairs of samples share a patient
+    return emb.astype(np.float32), bio.astype(str), np.array([f"c{c}" for c in center]), patient
+
+
+def test_chance_level_by_hand():
+    # 2 classes x 2 centers, one sample each: same bio 1 per sample, same center 1 per sample
+    chance = chance_level(np.array(["a", "a", "b", "b"]), np.array(["x", "y", "x", "y"]))
+    assert chance["robustness_index"] == 1.0
+    # SO: same class other center = 1 per sample (4); OS: other class same center = 4
+    assert chance["robustness_index_normalized"] == 0.5
+
+
+def test_run_audit_ranks_a_biology_encoder_above_a_center_encoder(tmp_path):
+    datasets = {}
+    for by in ("bio", "center"):
+        emb, bio, center, patient = _clustered(by)
+        datasets[f"by_{by}"] = AuditData(emb, bio, center, patient.astype(str))
+    results = run_audit(datasets, tmp_path, k=5, n_boot=50)
+    good, bad = results["encoders"]["by_bio"], results["encoders"]["by_center"]
+    assert good["robustness_index"] > 1 > bad["robustness_index"]
+    assert good["robustness_index_normalized"] > 0.5 > bad["robustness_index_normalized"]
+    lo, hi = good["robustness_index_ci95"]
+    assert lo <= good["robustness_index"] <= hi
+    cvb = bad["center_vs_bio"]["linear"]
+    assert cvb["center_accuracy"] > cvb["bio_accuracy"]
+    assert good["center_vs_bio"]["knn"]["bio_accuracy"] == pytest.approx(1.0)
+    assert sorted(good["ri_curve"]) == [5, 10, 20, 50]
+    emb, bio, center, patient = _clustered("bio")
+    for variant, key in (
+        ("ratio", "robustness_index"),
+        ("normalized", "robustness_index_normalized"),
+    ):
+        direct = robustness_index(
+            emb, bio, center, k=5, variant=variant, groups=patient.astype(str)
+        )
+        assert good[key] == pytest.approx(direct, rel=1e-12)
+    assert good["ri_curve"][5] == good["robustness_index"]
+    saved = json.loads((tmp_path / "robustness.json").read_text())
+    assert saved["encoders"]["by_bio"]["k"] == 5
+    html = (tmp_path / "report.html").read_text()
+    assert "by_bio" in html and "by_center" in html and "data:image/png;base64," in html
+
+
+def test_cli_on_embeddings_files(tmp_path, capsys):
+    for by in ("bio", "center"):
+        emb, bio, center, patient = _clustered(by, seed=1)
+        np.savez(tmp_path / f"{by}.npz", embeddings=emb, label=bio, site=center, patient=patient)
+    code = main(
+        [
+            "robustness",
+            "--embeddings",
+            str(tmp_path / "bio.npz"),
+            "--embeddings",
+            str(tmp_path / "center.npz"),
+            "--center-column",
+            "site",
+            "--k",
+            "auto",
+            "--bootstrap",
+            "20",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-tracking",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "bio: RI" in out and "center: RI" in out
+    results = json.loads((tmp_path / "out" / "robustness.json").read_text())
+    assert results["encoders"]["bio"]["k"] in (5, 10, 20, 50)
+    assert main(["robustness", "--out", str(tmp_path / "x"), "--no-tracking"]) == 2
+    assert "--embeddings" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="column 'center' not found"):
+        main(
+            [
+                "robustness",
+                "--embeddings",
+                str(tmp_path / "bio.npz"),
+                "--out",
+                str(tmp_path / "y"),
+                "--no-tracking",
+            ]
+        )
