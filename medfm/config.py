@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import difflib
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from medfm.io import write_text
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -32,7 +33,8 @@ DEFAULTS: dict[str, Any] = {
         "channels": 1,  # null: found from the first image
         "intensity_min": 0.0,  # stored intensities mapped linearly from [min, max] to [0, 1]
         "intensity_max": 255.0,
-        # ordered named steps (medfm.data.transforms.preprocess); null: scale intensity_min/max to [0, 1]
+        # ordered named steps (medfm.data.transforms.preprocess); null: scale intensity_min/max to
+        # [0, 1]
         # and resize to image_size. Saved resolved in the encoder's config.yaml.
         "preprocess": None,
         "patch": {"size": None, "samples_per_volume": 1},  # random crops instead of a resize
@@ -206,14 +208,8 @@ def load_config(
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:
-    """Write the resolved config as YAML, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = OmegaConf.to_yaml(cfg, resolve=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
-    return path
+    """Write the resolved config as YAML, atomically (:mod:`medfm.io`)."""
+    return write_text(OmegaConf.to_yaml(cfg, resolve=True), path)
 
 
 def flatten(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

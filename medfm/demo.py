@@ -23,7 +23,7 @@ from medfm.evaluation.legacy_runner import (
     write_json,
 )
 from medfm.tracking.base import local_tracking_uri, make_logger
-from medfm.train.pretrain import pretrain
+from medfm.api import pretrain
 
 DEMO_SALT = "medfm-demo-salt"  # fixed so the demo's pseudonyms repeat; real data uses its own
 

@@ -1,7 +1,12 @@
-"""Figures people would rather look at than read: the embedding map by class and by center."""
+"""Figures people would rather look at than read: the one figure saver and the embedding map.
+
+Every PNG medfm writes goes through :func:`save_figure` (atomic, parent folders made, figure
+closed); the robustness card embeds :func:`figure_png` bytes inline.
+"""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -10,6 +15,24 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from medfm.io import atomic_path  # noqa: E402
+
+
+def figure_png(fig: plt.Figure, dpi: int = 110) -> bytes:
+    """``fig`` as PNG bytes (no software tag, so equal figures give equal bytes); closes it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (parent folders created), close it."""
+    data = figure_png(fig, dpi)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def pca_2d(features: np.ndarray) -> np.ndarray:
@@ -39,8 +62,4 @@ def embedding_map(
         ax.set_ylabel("PC 2")
         ax.legend(fontsize=7, markerscale=1.5)
     fig.suptitle(title or "Encoder embedding (PCA)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -8,9 +8,16 @@ import sys
 from collections.abc import Sequence
 
 from medfm import __version__
-from medfm.cli import data_cmds, demo_cmd, eval_cmds, pretrain_cmd, shard_cmd
+from medfm.cli import (
+    data_cmds,
+    demo_cmd,
+    evaluate_cmd,
+    pretrain_cmd,
+    robustness_cmd,
+    shard_cmd,
+)
 from medfm.config import ConfigError
-from medfm.train.engine import NonFiniteLossError
+from medfm.train.errors import NonFiniteLossError
 
 COMMANDS = (
     demo_cmd,
@@ -18,8 +25,8 @@ COMMANDS = (
     data_cmds.ingest,
     shard_cmd,
     pretrain_cmd,
-    eval_cmds.evaluate,
-    eval_cmds.robustness,
+    evaluate_cmd,
+    robustness_cmd,
 )
 
 

@@ -27,11 +27,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medfm.api import pretrain
     from medfm.config import load_config
     from medfm.data.transforms.augment import augment_steps
     from medfm.data.transforms.preprocess import resolve_preprocess
     from medfm.tracking.base import make_logger
-    from medfm.train.pretrain import pretrain
 
     cfg = load_config(args.config, args.overrides)
     resolve_preprocess(cfg.data)  # a bad data.preprocess or data.augment step fails here,

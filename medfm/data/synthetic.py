@@ -31,6 +31,7 @@ from pydicom.uid import generate_uid
 from scipy.ndimage import gaussian_filter
 
 from medfm.data.writers import write_dicom, write_nifti, write_png
+from medfm.io import atomic_path
 
 CLASS_NAMES = ("round_lesion", "spiculated_lesion", "striped_tissue", "granular_tissue")
 FORMATS = ("dicom", "nifti", "png")
@@ -296,10 +297,8 @@ def write_dataset(out_dir: str | os.PathLike, spec: SyntheticSpec = SyntheticSpe
             }
         )
     labels = out_dir / "labels.csv"
-    tmp = labels.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(labels) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "label", "label_name", "center"])
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, labels)
     return labels

@@ -7,11 +7,9 @@ tensor. Every write goes to a temporary file that is renamed into place.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import nibabel as nib
@@ -20,20 +18,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-
-@contextlib.contextmanager
-def _atomic_write(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; rename it into place on success, remove it on error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, suffix="".join(path.suffixes))
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+from medfm.io import atomic_path
 
 
 def _as_uint8(image: np.ndarray) -> np.ndarray:
@@ -45,7 +30,7 @@ def _as_uint8(image: np.ndarray) -> np.ndarray:
 
 def write_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB image."""
-    with _atomic_write(Path(path)) as tmp:
+    with atomic_path(Path(path)) as tmp:
         Image.fromarray(_as_uint8(image)).save(tmp, format="PNG")
     return Path(path)
 
@@ -58,7 +43,7 @@ def write_nifti(
     ``spacing`` is (row, column) in mm, as DICOM's PixelSpacing.
     """
     affine = np.diag([spacing[1], spacing[0], 1.0, 1.0])
-    with _atomic_write(Path(path)) as tmp:
+    with atomic_path(Path(path)) as tmp:
         nib.save(nib.Nifti1Image(_as_uint8(image).T.copy(), affine), tmp)
     return Path(path)
 
@@ -99,6 +84,6 @@ def write_dicom(
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.PixelSpacing = [float(spacing[0]), float(spacing[1])]
     ds.PixelData = _as_uint8(image).astype(np.uint16).tobytes()
-    with _atomic_write(Path(path)) as tmp:
+    with atomic_path(Path(path)) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return Path(path)

@@ -1,6 +1,7 @@
 """Downstream classification metrics as pure functions of arrays.
 
-Beyond :func:`medfm.metrics.scores.auc` and :func:`~medfm.metrics.scores.accuracy`: balanced accuracy,
+Beyond :func:`medfm.metrics.scores.auc` and :func:`~medfm.metrics.scores.accuracy`: balanced
+accuracy,
 macro F1, top-label expected calibration error, a (patient-)grouped percentile bootstrap CI of the
 AUC, multi-label AUC (ChestMNIST-like), ordinal metrics (RetinaMNIST-like) and one
 :func:`classification_report` that gathers them, with a per-center breakdown.

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from medfm.config import save_config
+from medfm.io import atomic_path
 from medfm.models.backbones import backbone_kwargs, build_backbone, is_medfm_3d
 
 WEIGHTS = "encoder.safetensors"
@@ -40,9 +41,8 @@ def save_encoder(model: torch.nn.Module, cfg: DictConfig, out_dir: str | os.Path
     cfg = OmegaConf.merge(cfg, {"encoder": encoder})
     save_config(cfg, out_dir / CONFIG)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = out_dir / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, out_dir / WEIGHTS)
+    with atomic_path(out_dir / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
     return out_dir / WEIGHTS
 
 

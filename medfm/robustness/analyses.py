@@ -7,7 +7,8 @@ Models are unrobust to Medical Center Differences" (robustness index, center vs 
 prediction, attribution of errors to same-center confounders, unseen-center generalisation) and
 PathoROB (Kömen et al. 2025; normalized robustness index, average performance drop).
 
-Neighbours are the exact cosine k nearest of :func:`medfm.features.neighbours.knn_search`: the sample itself
+Neighbours are the exact cosine k nearest of :func:`medfm.features.neighbours.knn_search`: the
+sample itself
 and samples sharing its group are excluded, ties go to the lower index. Each function searches
 once, for the largest ``k`` it needs, and reads smaller ``k`` as prefixes.
 """

@@ -4,7 +4,8 @@ Embeddings (from encoders on a manifest, or given as ``.npz`` files) -> both rob
 variants with a bootstrap CI, the RI-vs-k curve, center-vs-biology predictability, error
 attribution, a per-center-pair breakdown, APD and leave-one-center-out AUCs
 (:mod:`medfm.robustness.analyses`) -> ``robustness.json`` + the robustness card ``report.html``
-(:mod:`medfm.robustness.card`) -> MLflow. Following de Jong et al. 2025 ("Current Pathology Foundation
+(:mod:`medfm.robustness.card`) -> MLflow. Following de Jong et al. 2025 ("Current Pathology
+Foundation
 Models are unrobust to Medical Center Differences") and PathoROB (Kömen et al. 2025).
 """
 

@@ -29,7 +29,8 @@ def nearest_neighbours(
 ) -> np.ndarray:
     """``(n, k)`` indices of each sample's k most cosine-similar others, excluding its group.
 
-    Exact search in row chunks, so memory is ``O(chunk * n)`` (see :mod:`medfm.features.neighbours`). Ties go
+    Exact search in row chunks, so memory is ``O(chunk * n)`` (see
+    :mod:`medfm.features.neighbours`). Ties go
     to the lower index, so the result does not depend on the hardware, the chunk size, the
     backend or the order of ties. ``backend`` is ``"auto"`` (faiss when installed, else torch),
     ``"torch"`` or ``"faiss"``; both return the same neighbours.
@@ -141,7 +142,8 @@ _AUDIT_NAMES = (
 
 
 def __getattr__(name: str):
-    """The audit analyses (:mod:`medfm.robustness.analyses`) are reachable from here too, lazily, since
+    """The audit analyses (:mod:`medfm.robustness.analyses`) are reachable from here too, lazily,
+    since
     ``audit`` itself builds on this module."""
     if name in _AUDIT_NAMES:
         from medfm.robustness import analyses as audit

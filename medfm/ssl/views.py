@@ -26,7 +26,8 @@ A view ``size`` is an int (a square or a cube), ``(h, w)`` or ``(d, h, w)``; a 2
 The recipe follows SimCLR (Chen et al. 2020) and DINO (Caron et al. 2021) with the colour jitter
 replaced by grey-scale friendly intensity changes: brightness (a window-level shift), contrast
 (a window-width scaling around the image mean) and gamma. Optionally a smooth random gain/offset
-field (:class:`medfm.data.transforms.random_fields.RandFieldIntensity`, Mansfield et al. 2023) is applied.
+field (:class:`medfm.data.transforms.random_fields.RandFieldIntensity`, Mansfield et al. 2023) is
+applied.
 
 Example:
     >>> views = TwoViews(16)
@@ -393,7 +394,8 @@ def random_field_intensity(
     length_scale: float = 8.0,
     sample_seeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:class:`~medfm.data.transforms.random_fields.RandFieldIntensity` on each sample (not vectorised: one
+    """:class:`~medfm.data.transforms.random_fields.RandFieldIntensity` on each sample (not
+    vectorised: one
     numpy FFT per field). Sample ``i``'s field is seeded from ``sample_seeds[i]``; without seeds
     one field generator seeded from the global torch RNG runs through the batch.
     ``strength=0`` returns ``images``."""

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medfm.io import atomic_path
+
 CHECKPOINT = "checkpoint.pt"
 log = logging.getLogger(__name__)
 
@@ -51,16 +53,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """``torch.save`` to a temporary file, fsync, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    """``torch.save`` through :func:`medfm.io.atomic_path`: a kill never leaves half a file."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -33,14 +33,11 @@ from medfm.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from medfm.train.errors import NonFiniteLossError
 from medfm.train.flops import FlopMeter
 from medfm.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ the online monitors) and writes ``out_dir/encoder.safetensors`` + ``out_dir/conf
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,6 @@ from medfm.data.sources.medmnist import medmnist_rows
 from medfm.data.transforms.augment import augment_steps
 from medfm.data.transforms.patches import patch_size, samples_per_volume
 from medfm.data.transforms.preprocess import resolve_preprocess
-from medfm.evaluation.monitor import make_monitor
 from medfm.models.backbones import build_backbone
 from medfm.models.encoder_io import save_encoder
 from medfm.ssl import build_objective
@@ -176,8 +176,19 @@ def _batches(rows: list[dict], meta: torch.Tensor | None, cfg: DictConfig, info:
     return batches
 
 
-def pretrain(cfg: DictConfig, logger: Logger | None = None) -> tuple[Path, TrainResult]:
-    """Train and save the encoder; returns ``(out_dir, result)``."""
+Monitor = Callable[[int], dict]
+MonitorFactory = Callable[[torch.nn.Module, list[dict], DictConfig, D.DistInfo], Monitor | None]
+
+
+def pretrain(
+    cfg: DictConfig, logger: Logger | None = None, monitor: MonitorFactory | None = None
+) -> tuple[Path, TrainResult]:
+    """Train and save the encoder; returns ``(out_dir, result)``.
+
+    ``monitor(encoder, rows, cfg, info)`` builds the online monitor run every
+    ``train.monitor_every`` steps; it is handed in by the layer above (:func:`medfm.pretrain`
+    passes :func:`medfm.monitor.make_monitor`), so training imports nothing from evaluation.
+    """
     info = D.init_distributed()
     logger = logger if info.is_main and logger is not None else NullLogger()
     rows = [] if cfg.data.get("shards") and not cfg.data.manifest else load_rows(cfg)
@@ -196,8 +207,10 @@ def pretrain(cfg: DictConfig, logger: Logger | None = None) -> tuple[Path, Train
     objective = build_objective(encoder, cfg.ssl, str(cfg.model.pooling))
     torch.manual_seed(int(cfg.seed) + 1000 * info.rank)
     batches = _batches(train_rows, meta, cfg, info)
-    monitor = make_monitor(encoder, rows, cfg, info) if cfg.train.monitor_every else None
-    result = train(objective, batches, cfg, out_dir, logger, monitor, info)
+    if cfg.train.monitor_every and monitor is None:
+        log.warning("train.monitor_every is set but no monitor was given: use medfm.pretrain")
+    watch = monitor(encoder, rows, cfg, info) if cfg.train.monitor_every and monitor else None
+    result = train(objective, batches, cfg, out_dir, logger, watch, info)
     if info.is_main:
         save_encoder(encoder.cpu(), cfg, out_dir)
         logger.log_metrics(

@@ -1,4 +1,5 @@
-"""Tests for medfm.data.datasets and medfm.data.transforms.compose on an ingested synthetic manifest."""
+"""Tests for medfm.data.datasets and medfm.data.transforms.compose on an ingested synthetic
+manifest."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests for medfm.evaluation.protocols and medfm.evaluation.tasks: protocol parsing, patient-grouped
+"""Tests for medfm.evaluation.protocols and medfm.evaluation.tasks: protocol parsing,
+patient-grouped
 few-shot and label-fraction draws, leave-one-center-out folds, aggregation over seeds."""
 
 import numpy as np

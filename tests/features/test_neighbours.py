@@ -1,4 +1,5 @@
-"""Tests for medfm.features.neighbours: exact cosine kNN, torch and faiss backends, ties, bounded memory."""
+"""Tests for medfm.features.neighbours: exact cosine kNN, torch and faiss backends, ties, bounded
+memory."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""Tests for medfm.robustness.analyses: k selection, RI curve and bootstrap, center vs biology, error
+"""Tests for medfm.robustness.analyses: k selection, RI curve and bootstrap, center vs biology,
+error
 attribution, center pairs, APD and leave-one-center-out, on hand-checkable point sets, against
 croma (an independent implementation of the PathoROB index) and a brute-force reference."""
 

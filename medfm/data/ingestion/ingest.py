@@ -4,7 +4,8 @@ Every file found is either accepted (it contributes to a manifest row) or reject
 row with the reason), so ``seen == accepted + rejected``. DICOM files are grouped into series
 (one row per series); NIfTI and 2D images give one row per file; a MedMNIST ``.npz`` gives one row
 per image with its official split. Patient, study and series identifiers are replaced by HMAC
-pseudonyms (:mod:`medfm.data.ingestion.pseudonym`); no DICOM PHI attribute reaches any output. Source files
+pseudonyms (:mod:`medfm.data.ingestion.pseudonym`); no DICOM PHI attribute reaches any output.
+Source files
 are only read, never modified.
 
 Example:
@@ -15,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections import Counter, defaultdict
@@ -38,6 +38,7 @@ from medfm.data.ingestion.splits import assign_splits, check_no_patient_leak
 from medfm.data.sources.dicom_series import is_dicom_file
 from medfm.data.sources.readers import file_format
 from medfm.data.sources.wsi import WSI_SUFFIXES
+from medfm.io import write_json
 
 log = logging.getLogger(__name__)
 QUARANTINE_COLUMNS = ("path", "reason")
@@ -200,7 +201,7 @@ def ingest(
     return IngestResult(
         write_manifest(rows, out_dir / "manifest.csv"),
         write_csv(rejected + label_rejects, out_dir / "quarantine.csv", QUARANTINE_COLUMNS),
-        _write_json(counts, out_dir / "report.json"),
+        write_json(counts, out_dir / "report.json"),
         rows,
         counts,
     )
@@ -222,10 +223,3 @@ def _report(seen, accepted, rows, rejected, table, matched) -> dict:
         "labels_unmatched_rows": len(set(table.rows) - matched) if table else 0,
         "rows_without_label": sum(1 for r in rows if r.get("label", "") == ""),
     }
-
-
-def _write_json(data: dict, path: Path) -> Path:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return path

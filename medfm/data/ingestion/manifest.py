@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+
+from medfm.io import atomic_path
 
 MANIFEST_COLUMNS = (
     "id",
@@ -34,17 +35,12 @@ def write_csv(
     rows: Iterable[Mapping[str, object]], path: str | os.PathLike, columns: Sequence[str]
 ) -> Path:
     """Write rows with exactly ``columns`` to ``path`` via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", newline="", dir=path.parent, delete=False, suffix=".tmp"
-    ) as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({c: row.get(c, "") for c in columns})
-    os.replace(f.name, path)
-    return path
+    return Path(path)
 
 
 def write_manifest(rows: Iterable[Mapping[str, object]], path: str | os.PathLike) -> Path:

@@ -55,7 +55,8 @@ class _StainStep(SeededStep):
 
 @AUGMENT_STEPS.register("stain")
 def stain(strength: float = 1.0, prob: float = 1.0, value_max: float = 1.0) -> AugmentStep:
-    """:class:`~medfm.data.transforms.stain.RandStainAugment` (Tellez et al. 2018) on RGB tiles whose values
+    """:class:`~medfm.data.transforms.stain.RandStainAugment` (Tellez et al. 2018) on RGB tiles
+    whose values
     lie in ``[0, value_max]`` (1 after ``scale_range`` to [0, 1], 255 for raw tiles)."""
     return _StainStep(RandStainAugment(prob=prob, strength=strength), value_max)
 
@@ -64,7 +65,8 @@ def stain(strength: float = 1.0, prob: float = 1.0, value_max: float = 1.0) -> A
 def field_affine(
     strength: float = 1.0, length_scale: float = 16.0, prob: float = 1.0
 ) -> AugmentStep:
-    """:class:`~medfm.data.transforms.random_fields.RandFieldAffine`: a smooth random-field deformation
+    """:class:`~medfm.data.transforms.random_fields.RandFieldAffine`: a smooth random-field
+    deformation
     (Mansfield et al. 2023, "Random Field Augmentations for Self-Supervised Representation
     Learning"), 2D or 3D."""
     return SeededStep(RandFieldAffine(strength=strength, length_scale=length_scale, prob=prob))
@@ -74,7 +76,8 @@ def field_affine(
 def field_intensity(
     strength: float = 1.0, length_scale: float = 16.0, prob: float = 1.0
 ) -> AugmentStep:
-    """:class:`~medfm.data.transforms.random_fields.RandFieldIntensity`: smooth random gain and offset
+    """:class:`~medfm.data.transforms.random_fields.RandFieldIntensity`: smooth random gain and
+    offset
     fields (Mansfield et al. 2023)."""
     return SeededStep(RandFieldIntensity(strength=strength, length_scale=length_scale, prob=prob))
 

@@ -35,11 +35,13 @@ class MatchChannelsd(MapTransform):
 
 
 def image_transforms(data_cfg: DictConfig, whole_image: bool = True) -> Compose:
-    """Load (see :mod:`medfm.data.sources.loading`), the deterministic ``data.preprocess`` steps (see
+    """Load (see :mod:`medfm.data.sources.loading`), the deterministic ``data.preprocess`` steps
+    (see
     :mod:`medfm.data.transforms.preprocess`), ``data.channels`` channels, float32.
 
     With ``data.patch.size`` set, pre-training samples random patches from these images
-    (:mod:`medfm.data.transforms.patches`); with ``whole_image`` (feature extraction, monitors) each image
+    (:mod:`medfm.data.transforms.patches`); with ``whole_image`` (feature extraction, monitors)
+    each image
     is instead embedded by its centre patch, padded with its minimum where it is smaller.
     """
     steps = [LoadManifestImaged("image"), *preprocess_transforms(data_cfg)]

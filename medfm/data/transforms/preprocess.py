@@ -125,13 +125,15 @@ def spacing(pixdim: Sequence[float], mode: str = "bilinear") -> MapTransform:
 
 @PREPROCESS_STEPS.register("hu_window")
 def hu_window(window: str | Sequence[float] = "soft_tissue") -> MapTransform:
-    """:class:`~medfm.data.transforms.intensity.HounsfieldWindowd`: a preset name or ``[level, width]``."""
+    """:class:`~medfm.data.transforms.intensity.HounsfieldWindowd`: a preset name or ``[level,
+    width]``."""
     return HounsfieldWindowd(KEY, window=window if isinstance(window, str) else tuple(window))
 
 
 @PREPROCESS_STEPS.register("multi_window")
 def multi_window(windows: Sequence = ("soft_tissue", "lung", "bone")) -> MapTransform:
-    """:class:`~medfm.data.transforms.intensity.MultiWindowStackd`: one output channel per window."""
+    """:class:`~medfm.data.transforms.intensity.MultiWindowStackd`: one output channel per
+    window."""
     return MultiWindowStackd(KEY, presets=[w if isinstance(w, str) else tuple(w) for w in windows])
 
 
@@ -167,7 +169,8 @@ def zscore(nonzero: bool = True) -> MapTransform:
 
 @PREPROCESS_STEPS.register("macenko")
 def macenko(Io: float = 240.0, alpha: float = 1.0, beta: float = 0.15) -> MapTransform:  # noqa: N803
-    """:class:`~medfm.data.transforms.stain.MacenkoNormalized`: H&E stain normalisation of RGB tiles."""
+    """:class:`~medfm.data.transforms.stain.MacenkoNormalized`: H&E stain normalisation of RGB
+    tiles."""
     return MacenkoNormalized(KEY, Io=Io, alpha=alpha, beta=beta)
 
 

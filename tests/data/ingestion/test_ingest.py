@@ -1,4 +1,5 @@
-"""Tests for medfm.data.ingestion.ingest on synthetic data with bad files mixed in, and on real files."""
+"""Tests for medfm.data.ingestion.ingest on synthetic data with bad files mixed in, and on real
+files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests for medfm.data.sources.wsi on small generated slides whose tissue geometry is known exactly.
+"""Tests for medfm.data.sources.wsi on small generated slides whose tissue geometry is known
+exactly.
 
 The slide is 1024 x 768 (x, y) at 20x with levels at downsample 2 and 4, tiled 256 x 256, laid out
 as an Aperio SVS file. Its tissue is a rounded block spanning x 216..800 and y 20..560 plus a small

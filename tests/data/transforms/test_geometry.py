@@ -1,4 +1,5 @@
-"""Tests for medfm.data.transforms.geometry: spacing and RAS orientation, slices of volumes, fixed sizes."""
+"""Tests for medfm.data.transforms.geometry: spacing and RAS orientation, slices of volumes, fixed
+sizes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests for medfm.data.transforms.intensity: HU windows, multi-window stacks, percentile and z-scores."""
+"""Tests for medfm.data.transforms.intensity: HU windows, multi-window stacks, percentile and
+z-scores."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests for medfm.data.transforms.random_fields: Gaussian random fields and the augmentations on them."""
+"""Tests for medfm.data.transforms.random_fields: Gaussian random fields and the augmentations on
+them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests for medfm.data.transforms.stain: Macenko estimation and normalisation, H&E stain augmentation.
+"""Tests for medfm.data.transforms.stain: Macenko estimation and normalisation, H&E stain
+augmentation.
 
 Tiles are synthesised with the Beer-Lambert law from known stain matrices and concentrations, so
 the expected stains, concentrations and normalised images are known in closed form.

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
+from medfm.api import pretrain
 from medfm.config import load_config
 from medfm.data.ingestion.ingest import ingest
 from medfm.data.synthetic import SyntheticSpec, write_dataset
 from medfm.train.checkpoint import load_checkpoint
-from medfm.train.pretrain import pretrain
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,115 @@
+"""``medfm evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="downstream heads, protocols and baselines: test AUC with 95%% CIs",
+        description="Evaluate an encoder downstream. Features of every image (cached, keyed by "
+        "encoder and data) feed each head, fitted on the train split with its hyper-parameter "
+        "chosen on val, under each label-budget protocol and over seeds (mean ± std). Every "
+        "table also holds the same architecture at random initialisation (random:<head>) and "
+        "a logistic regression on raw pixels (pixels:linear), computed in the same run. Writes "
+        "OUT/metrics.json ({head: {protocol: {test_auc, test_auc_ci95, test_acc, test_bacc, "
+        "test_f1, test_ece, per_center}}}), OUT/metrics.md, ROC curves, per-center bars and "
+        "label-efficiency curves, and one nested MLflow run per head and protocol.",
+    )
+    p.add_argument(
+        "--encoder",
+        required=True,
+        help="a `medfm pretrain` out_dir (or its encoder.safetensors); random:<out_dir or "
+        "architecture> for random initialisation; timm:<name> with --weights FILE",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="manifest.csv (or its folder) with split and label columns, or a MedMNIST .npz",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--heads",
+        default="linear,knn,gda,prototype,mlp,finetune",
+        help="comma-separated: linear, knn, gda, prototype, mlp, finetune, soup "
+        "(default: all but soup)",
+    )
+    p.add_argument(
+        "--protocol",
+        action="append",
+        default=[],
+        help="full | fewshot:K[,K...] | fraction:F[,F...] | loco; repeatable "
+        "(default: full). fewshot alone means 1,5,10,20 shots; fraction alone 0.01,0.1,1",
+    )
+    p.add_argument(
+        "--seeds", type=int, default=1, help="repetitions, reported as mean ± std (default: 1)"
+    )
+    p.add_argument(
+        "--pooling", choices=("mean", "cls"), help="feature pooling (default: the encoder's)"
+    )
+    p.add_argument("--weights", help="local weights file for a timm:<name> encoder")
+    p.add_argument("--image-size", type=int, help="resize images to this size (timm encoders)")
+    p.add_argument("--cache-dir", help="feature cache folder (default: OUT/feature_cache)")
+    p.add_argument("--no-baselines", action="store_true", help="skip random: and pixels: rows")
+    p.add_argument("--seed", type=int, default=0, help="seed of random-init weights (default: 0)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="eval.* / finetune.* / tracking.* overrides, e.g. finetune.steps=500",
+    )
+    p.set_defaults(run=run)
+
+
+def _evaluate_config(args: argparse.Namespace):
+    from medfm.config import load_config
+
+    protocols = ";".join(args.protocol)
+    return load_config(
+        None,
+        [
+            f"eval.heads=[{args.heads}]",
+            f"eval.seeds={args.seeds}",
+            f"eval.baselines={not args.no_baselines}",
+            f"seed={args.seed}",
+            f"out_dir={args.out}",
+            *args.overrides,
+        ]
+        + (["tracking.enabled=false"] if args.no_tracking else []),
+    ), protocols
+
+
+def run(args: argparse.Namespace) -> int:
+    from medfm.evaluation.run import evaluate
+    from medfm.evaluation.tables import metrics_markdown
+    from medfm.tracking.base import make_logger
+
+    cfg, protocols = _evaluate_config(args)
+    if protocols:  # else eval.protocols: an override, or the default (full)
+        cfg.eval.protocols = protocols
+    logger = make_logger(cfg.tracking, args.out, run_name="evaluate")
+    try:
+        metrics = evaluate(
+            args.encoder,
+            args.data,
+            cfg,
+            args.out,
+            logger,
+            weights=args.weights,
+            image_size=args.image_size,
+            pooling=args.pooling,
+            cache_dir=args.cache_dir,
+            progress=not args.no_progress,
+        )
+    except BaseException:
+        logger.close("FAILED")
+        raise
+    logger.close()
+    print(metrics_markdown(metrics).split("\n## ")[0])
+    print(f"Written: {Path(args.out) / 'metrics.json'}, metrics.md and plots")
+    return 0
