@@ -25,6 +25,8 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@REGISTRY.register("name")`` stores the function or class under ``name``."""
+
         def wrap(fn: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
@@ -34,6 +36,7 @@ class Registry(Generic[T]):
         return wrap
 
     def get(self, name: str) -> T:
+        """The entry named ``name``; an unknown name raises with the nearest registered names."""
         if name not in self._items:
             near = difflib.get_close_matches(name, self._items, n=1)
             hint = f" Did you mean {near[0]!r}?" if near else ""
@@ -41,6 +44,7 @@ class Registry(Generic[T]):
         return self._items[name]
 
     def names(self) -> list[str]:
+        """Registered names, sorted."""
         return sorted(self._items)
 
     def __contains__(self, name: str) -> bool:

@@ -6,6 +6,7 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``medfm demo`` and its options to ``sub``."""
     p = sub.add_parser(
         "demo",
         help="run the whole pipeline on the embedded multi-center dataset",
@@ -34,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``medfm demo`` with the parsed ``args``; returns the exit status."""
     from medfm.demo import format_summary, run_demo
 
     summary = run_demo(

@@ -31,6 +31,7 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``medfm`` argument parser with every command's sub-parser."""
     parser = argparse.ArgumentParser(
         prog="medfm",
         description="Medical imaging foundation models: ingest DICOM/NIfTI/PNG, pre-train ViTs "
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``medfm ARGV``; returns the exit status (2 on a config or file error, 1 on a non-finite
+    loss)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -6,6 +6,7 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``medfm pretrain`` and its options to ``sub``."""
     p = sub.add_parser(
         "pretrain",
         help="self-supervised pre-training of a ViT encoder",
@@ -27,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``medfm pretrain`` with the parsed ``args``; returns the exit status."""
     from medfm.api import pretrain
     from medfm.config import load_config
     from medfm.data.transforms.augment import augment_steps

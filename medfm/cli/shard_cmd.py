@@ -6,6 +6,7 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``medfm shard`` and its options to ``sub``."""
     p = sub.add_parser(
         "shard",
         help="write the preprocessed train split as WebDataset shards",
@@ -36,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``medfm shard`` with the parsed ``args``; returns the exit status."""
     from medfm.config import load_config
     from medfm.data.datasets import rows_for_split
     from medfm.data.ingestion.manifest import read_manifest

@@ -90,6 +90,7 @@ class StepBatchSampler(Sampler):
         self.groups = None if groups is None else np.asarray(groups)
 
     def step_items(self, step: int) -> list[tuple[int, int]]:
+        """The ``(sample index, sample seed)`` pairs of step ``step`` on this rank."""
         if self.groups is not None:
             idx = grouped_batch_indices(step, self.groups, self.batch_size, self.seed)
         else:

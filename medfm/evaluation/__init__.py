@@ -1,0 +1,2 @@
+"""Downstream evaluation (``medfm evaluate``): protocols, the task table, the run, its tables and
+plots."""

@@ -1,0 +1,2 @@
+"""Features: the one encoder-spec parser, feature extraction, the feature cache, neighbour
+search."""

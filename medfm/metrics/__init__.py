@@ -1,0 +1,1 @@
+"""Classification metrics as pure functions of arrays, and the one bootstrap."""

@@ -1,0 +1,1 @@
+"""The robustness audit (``medfm robustness``): the index, the analyses, the audit run, the card."""

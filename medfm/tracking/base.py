@@ -14,15 +14,29 @@ from typing import Any, Protocol, runtime_checkable
 
 @runtime_checkable
 class Logger(Protocol):
+    """What every run writes to: MLflow (:class:`~medfm.tracking.mlflow_logger.MLflowLogger`)
+    or nothing (:class:`NullLogger`)."""
+
     run_id: str | None
     tracking_uri: str | None
 
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
-    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
-    def set_tags(self, tags: Mapping[str, str]) -> None: ...
-    def child(self, run_name: str) -> Logger: ...
-    def close(self, status: str = "FINISHED") -> None: ...
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Record the run's parameters (flattened config keys)."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Record metric values at ``step``; non-finite values are dropped."""
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Attach a file or a folder to the run, under ``artifact_path``."""
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set string tags on the run."""
+
+    def child(self, run_name: str) -> Logger:
+        """A nested run under this one."""
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run with ``status`` (FINISHED, FAILED or KILLED)."""
 
 
 class NullLogger:
@@ -32,25 +46,27 @@ class NullLogger:
     tracking_uri: str | None = None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        pass
+        """Discard ``params``."""
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        pass
+        """Discard ``metrics``."""
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        pass
+        """Discard the artifact (the file stays where it is)."""
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        pass
+        """Discard ``tags``."""
 
     def child(self, run_name: str) -> NullLogger:
+        """Itself: nested runs of nothing are nothing."""
         return self
 
     def close(self, status: str = "FINISHED") -> None:
-        pass
+        """Nothing to close."""
 
 
 def is_rank_zero() -> bool:
+    """True outside ``torchrun`` and on its rank 0 (``RANK`` unset or 0)."""
     return int(os.environ.get("RANK", "0")) == 0
 
 

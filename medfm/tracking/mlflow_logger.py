@@ -18,6 +18,9 @@ _MAX_PARAM_CHARS = 500
 
 
 class MLflowLogger:
+    """One MLflow run through ``MlflowClient`` (mlflow imported lazily, as torchtune does): params
+    in batches of 100, truncated to 500 characters; non-finite metrics dropped."""
+
     def __init__(
         self,
         tracking_uri: str,
@@ -46,6 +49,7 @@ class MLflowLogger:
         self._closed = False
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log ``params`` (values as strings, at most 500 characters each)."""
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:_MAX_PARAM_CHARS]) for k, v in params.items()]
@@ -53,6 +57,7 @@ class MLflowLogger:
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log the finite values of ``metrics`` at ``step``."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -65,12 +70,14 @@ class MLflowLogger:
             self.client.log_batch(self.run_id, metrics=items)
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Upload a file, or a folder's files, under ``artifact_path``."""
         if os.path.isdir(path):
             self.client.log_artifacts(self.run_id, str(path), artifact_path)
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set each tag on the run."""
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
@@ -79,6 +86,7 @@ class MLflowLogger:
         return MLflowLogger(self.tracking_uri, self.experiment, run_name, parent_run_id=self.run_id)
 
     def close(self, status: str = "FINISHED") -> None:
+        """End the run with ``status`` once; later calls do nothing."""
         if not self._closed:
             self.client.set_terminated(self.run_id, status=status)
             self._closed = True

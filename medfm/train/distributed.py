@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class DistInfo:
+    """This process's place in a ``torchrun`` job (rank, world size, device); rank 0 of 1
+    without torchrun."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -34,10 +37,12 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0, the only rank that logs and writes files."""
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """True when more than one process takes part."""
         return self.world_size > 1
 
 
@@ -112,10 +117,6 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every rank (no-op in a single process)."""
     if info.enabled:
         dist.barrier()
-
-
-def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()

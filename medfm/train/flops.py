@@ -36,6 +36,8 @@ class FlopMeter:
 
     @contextlib.contextmanager
     def count(self, active: bool):
+        """Context around one step: when ``active``, count its FLOPs (``step_flops``) and read
+        the machine's peak matmul rate for MFU."""
         if not active:
             yield
             return

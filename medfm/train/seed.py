@@ -9,6 +9,7 @@ import torch
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy and torch (CPU and CUDA) from ``seed``."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -153,7 +153,8 @@ def main(out: Path) -> None:
             return (share(global_batch(step), info) for step in range(start, STEPS))
 
         train(build(name), batches, cfg, out / name, info=info)
-    D.cleanup(info)
+    if info.enabled:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Ingestion: scan sources into a pseudonymous manifest, labels, splits, quarantine."""

@@ -1,0 +1,2 @@
+"""Transforms: the registry of named preprocess steps, intensity, geometry, stain, patches,
+augmentation."""
