@@ -6,17 +6,21 @@ batches). Each batch carries ``sample_seed``, one seed per image from ``(seed, s
 so a resumed run sees the same batches as an uninterrupted one, and N processes or workers see
 the same global batch as one. An objective may define ``on_step_end()`` (e.g. DINO's EMA
 teacher update); it is called after every optimiser step.
+
+:func:`train` is the loop; its parts are :func:`_begin` (set up and resume), :func:`_step` (one
+optimiser step), :func:`_after_step` (report, monitor, checkpoint, decide to stop) and the
+result. What it reports lives in :mod:`medfm.train.reporting`, its meters in
+:mod:`medfm.train.throughput`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -36,6 +40,9 @@ from medfm.train.checkpoint import (
 from medfm.train.errors import NonFiniteLossError
 from medfm.train.flops import FlopMeter
 from medfm.train.optim import build_optimizer
+from medfm.train.reporting import early_stop, log_step
+from medfm.train.state import RunState
+from medfm.train.throughput import Throughput
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +56,37 @@ class TrainResult:
     best: dict | None = None
 
 
-@dataclasses.dataclass
-class _Run:
-    """What the loop carries between steps."""
+def _setup(objective, cfg, out_dir, info) -> RunState:
+    objective.to(info.device)
+    if cfg.train.get("grad_checkpointing"):
+        enable_grad_checkpointing(objective)
+    objective = D.maybe_sync_batchnorm(objective, bool(cfg.train.get("sync_batchnorm")), info)
+    opt, sched = build_optimizer(objective, cfg.train)
+    model = objective
+    if cfg.train.get("compile"):
+        model = torch.compile(model)
+    if info.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
+    return RunState(objective, model, opt, sched, info, Path(out_dir))
 
-    objective: nn.Module
-    model: nn.Module  # the objective, wrapped in DDP when distributed
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LambdaLR
-    info: D.DistInfo
-    out_dir: Path
-    last_good: int | None = None
-    best: dict | None = None
+
+def enable_grad_checkpointing(objective: nn.Module) -> None:
+    """Recompute each transformer block in the backward pass (activation checkpointing).
+
+    Wraps ``encoder.blocks[i].forward`` in ``torch.utils.checkpoint``, so parameter names (and
+    hence checkpoints and encoder artifacts) are unchanged.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    encoder = getattr(objective, "encoder", objective)
+    for block in getattr(encoder, "blocks", []):
+        forward = block.forward
+        block.forward = lambda *a, _f=forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
 
 
-def _resume(run: _Run) -> int:
+def _resume(run: RunState) -> int:
     state = load_checkpoint(run.out_dir / CHECKPOINT)
     if state is None:
         return 0
@@ -84,7 +107,7 @@ def _resume(run: _Run) -> int:
     return int(state["step"])
 
 
-def _checkpoint(run: _Run, step: int) -> None:
+def _checkpoint(run: RunState, step: int) -> None:
     rngs = D.gather_objects(rng_state(), run.info)  # every rank's RNG, for an exact resume
     if run.info.is_main:
         save_checkpoint(
@@ -102,7 +125,7 @@ def _checkpoint(run: _Run, step: int) -> None:
     run.last_good = step
 
 
-def _check_finite(loss: float, step: int, run: _Run) -> None:
+def _check_finite(loss: float, step: int, run: RunState) -> None:
     if not math.isfinite(loss):
         where = (
             f"the last good checkpoint is {run.out_dir / CHECKPOINT} (step {run.last_good})"
@@ -136,7 +159,7 @@ def _micro_batches(batch: dict, accum: int) -> list[dict]:
     ]
 
 
-def _forward_backward(run: _Run, batch: dict, accum: int) -> dict[str, float]:
+def _forward_backward(run: RunState, batch: dict, accum: int) -> dict[str, float]:
     """Accumulate gradients over micro-batches; returns the step's mean scalar outputs."""
     totals: dict[str, float] = {}
     for i, part in enumerate(_micro_batches(batch, accum)):
@@ -154,7 +177,7 @@ def _forward_backward(run: _Run, batch: dict, accum: int) -> dict[str, float]:
     return totals
 
 
-def _optimizer_step(run: _Run, grad_clip: float | None) -> None:
+def _optimizer_step(run: RunState, grad_clip: float | None) -> None:
     if grad_clip:
         nn.utils.clip_grad_norm_(run.objective.parameters(), float(grad_clip))
     run.opt.step()
@@ -165,121 +188,74 @@ def _optimizer_step(run: _Run, grad_clip: float | None) -> None:
         hook()
 
 
-def _append_jsonl(run: _Run, record: dict) -> None:
-    """Rank 0 keeps ``out_dir/metrics.jsonl``: the loss curve without needing MLflow."""
-    if run.info.is_main:
-        run.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(run.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({k: v for k, v in record.items() if v is not None}) + "\n")
+@dataclasses.dataclass
+class _Loop:
+    """What the loop needs besides the run: ``train.*``, where metrics go, its meters."""
+
+    tc: DictConfig
+    logger: Logger
+    monitor: Callable[[int], dict] | None
+    speed: Throughput
+    start: int
 
 
-def _run_monitor(run: _Run, monitor, step: int, tc: DictConfig, logger: Logger) -> None:
-    metrics = monitor(step) if run.info.is_main else {}
-    logger.log_metrics({f"monitor/{k}": v for k, v in metrics.items()}, step=step)
-    _append_jsonl(run, {"step": step} | {f"monitor/{k}": v for k, v in metrics.items()})
-    key = str(tc.monitor_metric)
-    if (
-        run.info.is_main
-        and key in metrics
-        and (run.best is None or metrics[key] > run.best["value"])
-    ):
-        run.best = {"metric": key, "value": float(metrics[key]), "step": step}
-        save_checkpoint(run.out_dir / "best.pt", {"model": run.objective.state_dict(), **run.best})
+def _begin(
+    objective: nn.Module, cfg: DictConfig, out_dir: str | Path, info: D.DistInfo
+) -> tuple[RunState, int]:
+    """Set up the run and resume it from ``out_dir``'s checkpoint when there is one; the run and
+    the step it starts from (0 for a fresh run, whose stale ``metrics.jsonl`` is removed)."""
+    run = _setup(objective, cfg, out_dir, info)
+    start = _resume(run)
+    run.last_good = start or None
+    if start == 0 and info.is_main:
+        (run.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    objective.train()
+    return run, start
 
 
-def _patience_exhausted(run: _Run, step: int, tc: DictConfig) -> bool:
-    """Early stopping: ``train.patience`` monitors in a row without a better monitor metric
-    (decided on rank 0, agreed by every rank)."""
-    patience = int(tc.get("patience") or 0)
-    if not patience:
-        return False
-    stale = run.best is not None and step - run.best["step"] >= patience * int(tc.monitor_every)
-    return D.mean_across(float(stale and run.info.is_main), run.info) > 0
-
-
-def _setup(objective, cfg, out_dir, info) -> _Run:
-    objective.to(info.device)
-    if cfg.train.get("grad_checkpointing"):
-        enable_grad_checkpointing(objective)
-    objective = D.maybe_sync_batchnorm(objective, bool(cfg.train.get("sync_batchnorm")), info)
-    opt, sched = build_optimizer(objective, cfg.train)
-    model = objective
-    if cfg.train.get("compile"):
-        model = torch.compile(model)
-    if info.enabled:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
-        )
-    return _Run(objective, model, opt, sched, info, Path(out_dir))
-
-
-def enable_grad_checkpointing(objective: nn.Module) -> None:
-    """Recompute each transformer block in the backward pass (activation checkpointing).
-
-    Wraps ``encoder.blocks[i].forward`` in ``torch.utils.checkpoint``, so parameter names (and
-    hence checkpoints and encoder artifacts) are unchanged.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    encoder = getattr(objective, "encoder", objective)
-    for block in getattr(encoder, "blocks", []):
-        forward = block.forward
-        block.forward = lambda *a, _f=forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
-
-
-def _log_step(run: _Run, logger: Logger, done: int, terms: dict, loss: float, speed: dict) -> None:
-    metrics = (
-        {f"train/{k}": v for k, v in terms.items()}
-        | {
-            "train/loss": loss,
-            "train/lr": run.sched.get_last_lr()[0],
-        }
-        | {f"train/{k}": v for k, v in speed.items()}
+def _progress_bar(start: int, tc: DictConfig, info: D.DistInfo) -> tqdm:
+    return tqdm(
+        range(start, int(tc.max_steps)),
+        desc="pretrain",
+        unit="step",
+        initial=start,
+        total=int(tc.max_steps),
+        disable=not (tc.progress and info.is_main),
     )
-    logger.log_metrics(metrics, step=done)
-    _append_jsonl(run, {"step": done} | metrics)
 
 
-class _Throughput:
-    """Images/s, the data-wait fraction (share of wall time spent waiting for the loader) and
-    MFU since the loop started."""
-
-    def __init__(self, meter: FlopMeter, world_size: int) -> None:
-        self.meter, self.world = meter, world_size
-        self.t0, self.seen, self.wait, self.steps = time.perf_counter(), 0, 0.0, 0
-
-    def add(self, images: int, waited: float) -> None:
-        self.seen, self.wait, self.steps = (
-            self.seen + images * self.world,
-            self.wait + waited,
-            self.steps + 1,
-        )
-
-    def elapsed(self) -> float:
-        return max(time.perf_counter() - self.t0, 1e-9)
-
-    def summary(self) -> dict[str, float]:
-        elapsed = self.elapsed()
-        return {
-            "images_per_second": self.seen / elapsed,
-            "data_wait": self.wait / elapsed,
-            "mfu": self.meter.mfu(self.steps / elapsed),
-        }
+def _step(run: RunState, loop: _Loop, stream: Iterator[dict], step: int) -> tuple[float, dict]:
+    """One optimiser step on the next batch: the loss (mean over processes) and its terms."""
+    waited = time.perf_counter()
+    batch = next(stream)
+    waited = time.perf_counter() - waited
+    with loop.speed.meter.count(step == loop.start):
+        terms = _forward_backward(run, batch, int(loop.tc.get("grad_accumulation", 1)))
+    loss = D.mean_across(terms["loss"], run.info)
+    _check_finite(loss, step, run)
+    _optimizer_step(run, loop.tc.grad_clip)
+    loop.speed.add(len(batch["image"]), waited)
+    return loss, terms
 
 
-def _early_stop(run: _Run, monitor, done: int, tc: DictConfig, logger: Logger) -> bool:
-    if not (monitor and tc.get("monitor_every") and done % int(tc.monitor_every) == 0):
-        return False
-    _run_monitor(run, monitor, done, tc, logger)
-    if not _patience_exhausted(run, done, tc):
-        return False
-    log.info(
-        "Early stop at step %d: no better %s for train.patience=%s monitors",
-        done,
-        tc.monitor_metric,
-        tc.patience,
+def _after_step(run: RunState, loop: _Loop, bar: tqdm, done: int, loss: float, terms: dict) -> bool:
+    """Report step ``done``, run the monitor, checkpoint; whether to stop (early stopping or
+    ``train.max_minutes``)."""
+    tc, now = loop.tc, loop.speed.summary()
+    bar.set_postfix(
+        loss=f"{loss:.4f}",
+        img_s=f"{now['images_per_second']:.0f}",
+        wait=f"{now['data_wait']:.0%}",
     )
-    return True
+    if done % int(tc.log_every) == 0 or done == int(tc.max_steps):
+        log_step(run, loop.logger, done, terms, loss, now)
+    stop = early_stop(run, loop.monitor, done, tc, loop.logger)
+    if tc.max_minutes and loop.speed.elapsed() > 60 * float(tc.max_minutes):
+        log.info("Stopping at step %d: train.max_minutes=%s reached", done, tc.max_minutes)
+        stop = True
+    if stop or done % int(tc.checkpoint_every) == 0:
+        _checkpoint(run, done)
+    return stop
 
 
 def train(
@@ -297,48 +273,16 @@ def train(
     step from ``start``; see :mod:`medfm.data.loader`. In a distributed run each process gets
     its contiguous share of the global batch of ``train.batch_size``.
     """
-    tc, logger, info = cfg.train, logger or NullLogger(), info or D.DistInfo()
-    run = _setup(objective, cfg, out_dir, info)
-    start = _resume(run)
-    run.last_good = start or None
-    if start == 0 and info.is_main:
-        (run.out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    objective.train()
-    speed = _Throughput(FlopMeter(info.device), info.world_size)
+    info = info or D.DistInfo()
+    run, start = _begin(objective, cfg, out_dir, info)
+    speed = Throughput(FlopMeter(info.device), info.world_size)
+    loop = _Loop(cfg.train, logger or NullLogger(), monitor, speed, start)
     loss, done, stream = float("nan"), start, iter(batches(start))
-    bar = tqdm(
-        range(start, int(tc.max_steps)),
-        desc="pretrain",
-        unit="step",
-        initial=start,
-        total=int(tc.max_steps),
-        disable=not (tc.progress and info.is_main),
-    )
+    bar = _progress_bar(start, cfg.train, info)
     for step in bar:
-        waited = time.perf_counter()
-        batch = next(stream)
-        waited = time.perf_counter() - waited
-        with speed.meter.count(step == start):
-            terms = _forward_backward(run, batch, int(tc.get("grad_accumulation", 1)))
-        loss = D.mean_across(terms["loss"], info)
-        _check_finite(loss, step, run)
-        _optimizer_step(run, tc.grad_clip)
-        speed.add(len(batch["image"]), waited)
-        done, now = step + 1, speed.summary()
-        bar.set_postfix(
-            loss=f"{loss:.4f}",
-            img_s=f"{now['images_per_second']:.0f}",
-            wait=f"{now['data_wait']:.0%}",
-        )
-        if done % int(tc.log_every) == 0 or done == int(tc.max_steps):
-            _log_step(run, logger, done, terms, loss, now)
-        stop = _early_stop(run, monitor, done, tc, logger)
-        if tc.max_minutes and speed.elapsed() > 60 * float(tc.max_minutes):
-            log.info("Stopping at step %d: train.max_minutes=%s reached", done, tc.max_minutes)
-            stop = True
-        if stop or done % int(tc.checkpoint_every) == 0:
-            _checkpoint(run, done)
-        if stop:
+        loss, terms = _step(run, loop, stream, step)
+        done = step + 1
+        if _after_step(run, loop, bar, done, loss, terms):
             break
     bar.close()
     rate = speed.summary()["images_per_second"]

@@ -53,6 +53,16 @@ def test_unknown_backbone_and_pooling(cfg):
         encode(build_backbone(cfg.model, 16, 1), torch.rand(1, 1, 16, 16), "max")
 
 
+def test_backbones_are_registered_by_name_and_typos_name_the_nearest():
+    from medfm.models.backbones import BACKBONES
+
+    assert {"vit_tiny_patch16_224", "vit3d_tiny", "unified_base"} <= set(BACKBONES.names())
+    assert set(timm.list_models("vit_*")) <= set(BACKBONES.names())
+    typo = load_config(None, ["model.name=vit_tiny_patch16_244"]).model
+    with pytest.raises(ValueError, match="nearest valid name is 'vit_tiny_patch16_224'"):
+        build_backbone(typo, 16, 1)
+
+
 def test_encoder_round_trip_and_plain_timm_load(cfg, tmp_path):
     torch.manual_seed(0)
     model = build_backbone(cfg.model, 16, 1).eval()

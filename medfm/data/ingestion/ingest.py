@@ -35,9 +35,9 @@ from medfm.data.ingestion.rows import (
     wsi_rows,
 )
 from medfm.data.ingestion.splits import assign_splits, check_no_patient_leak
+from medfm.data.slides.reading import WSI_SUFFIXES
 from medfm.data.sources.dicom_series import is_dicom_file
 from medfm.data.sources.readers import file_format
-from medfm.data.sources.wsi import WSI_SUFFIXES
 from medfm.io import write_json
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def _kind(file: Path) -> str | None:
 
 
 def _tiff_is_slide(file: Path) -> bool:
-    from medfm.data.sources.wsi import is_wsi
+    from medfm.data.slides.reading import is_wsi
 
     try:
         return is_wsi(file)

@@ -253,7 +253,7 @@ __all__ = ["dicom_rows", "file_row", "medmnist_file_rows", "center_from"]
 
 @dataclasses.dataclass(frozen=True)
 class TileOptions:
-    """How whole-slide images are tiled (see :func:`medfm.data.sources.wsi.tile_slide`)."""
+    """How whole-slide images are tiled (see :func:`medfm.data.slides.tiling.tile_slide`)."""
 
     tile_size: int = 224
     magnification: float | None = None
@@ -266,7 +266,7 @@ def wsi_rows(
 ) -> tuple[list[dict], str]:
     """One row per kept tissue tile of a slide; tiles are PNGs named by the slide's pseudonym."""
     try:
-        from medfm.data.sources.wsi import tile_slide
+        from medfm.data.slides.tiling import tile_slide
 
         slide = pseudonymize(str(file.resolve()), salt, "slide")
         tiles = tile_slide(

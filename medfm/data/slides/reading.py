@@ -1,18 +1,14 @@
-"""Whole-slide images (WSI): recognise them, list their pyramid, find tissue, cut tiles as PNGs.
+"""Reading whole-slide images (WSI): recognise them, list their pyramid, read a level's pixels.
 
 Slides are read with ``tifffile`` (the optional ``[wsi]`` extra, plus ``imagecodecs`` for JPEG
 tiles), which covers the TIFF-based formats: Aperio ``.svs``, Hamamatsu ``.ndpi``, Leica ``.scn``,
 Ventana ``.bif`` and pyramidal (OME-)TIFF. Only headers are parsed up front; pixels are read one
-stored tile (or strip) at a time, so a tile never costs more than the stored segments it overlaps
-and the base level is never loaded whole.
+stored tile (or strip) at a time (:class:`_LevelReader`), so a read never costs more than the
+stored segments it overlaps and the base level is never loaded whole.
 
 Coordinates are ``(x, y)`` = (column, row) in base-level (level 0) pixels, as in OpenSlide.
 Magnification is the objective power ("20x"); a level's magnification is the base
 magnification divided by the level's downsample.
-
-Example:
-    >>> rows = tile_slide("case1.svs", "tiles/case1", magnification=20)  # doctest: +SKIP
-    >>> rows[0]["path"], rows[0]["x"], rows[0]["tissue_fraction"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -20,38 +16,28 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
-import logging
 import math
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from PIL import Image
-from scipy import ndimage
 
 from medfm.data.sources.readers import UnreadableFileError
-from medfm.data.writers import write_png
 
 if TYPE_CHECKING:
     import tifffile
 
-log = logging.getLogger(__name__)
-
 WSI_SUFFIXES = (".svs", ".ndpi", ".scn", ".bif")
 TIFF_SUFFIXES = (".tif", ".tiff")
 LARGE_SIDE = 8192  # a single-level TIFF wider or taller than this is treated as a slide
-MASK_MIN_TILE_PX = 8  # the tissue mask resolves each tile into at least 8 x 8 mask pixels
-MASK_MAX_SIDE = 2048  # the mask level is subsampled to at most this many pixels a side
 SEGMENT_CACHE_BYTES = 64 * 2**20  # decoded tiles kept for reuse by neighbouring reads
 BLANK_VALUE = 255  # segments absent from the file are blank glass
 _NATIVE_COMPRESSIONS = {1, 8, 32946}  # none, deflate: decoded without imagecodecs
 _APERIO_FIELD = r"\|\s*{}\s*=\s*([0-9.]+)"
 _NDPI_MAGNIFICATION_TAG = 65421
 _CM, _INCH = 3, 2  # TIFF ResolutionUnit values
-_TILE_NAME = "{stem}_x{x}_y{y}.png"
 
 
 class SlideLevel(NamedTuple):
@@ -223,78 +209,6 @@ def slide_levels(path: str | os.PathLike, *, base_magnification: float | None = 
         return _slide_info(path, pages, base_magnification)
 
 
-def _otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold (1979) for values in [0, 1]: the cut maximising between-class variance."""
-    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    centers = (edges[:-1] + edges[1:]) / 2
-    weight_low = np.cumsum(hist)
-    weight_high = weight_low[-1] - weight_low
-    sum_low = np.cumsum(hist * centers)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean_low = sum_low / weight_low
-        mean_high = (sum_low[-1] - sum_low) / weight_high
-        between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    between = np.nan_to_num(between, nan=-1.0)
-    return float(edges[int(np.argmax(between)) + 1])
-
-
-def _tissue_signal(image: np.ndarray) -> np.ndarray:
-    """HSV saturation of an RGB(A) image, or darkness (1 - grey) of a single-channel one."""
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    if image.ndim == 2:
-        return 1.0 - image / 255.0
-    if image.ndim != 3 or image.shape[-1] not in (3, 4):
-        raise ValueError(f"expected an (H, W) or (H, W, 3|4) image, got shape {image.shape}")
-    rgb = image[..., :3]
-    high, low = rgb.max(axis=-1), rgb.min(axis=-1)
-    return np.where(high > 0, (high - low) / np.maximum(high, 1e-6), 0.0)
-
-
-def _clean(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Opening (drops specks), closing (bridges gaps), hole filling.
-
-    The mask is padded by repeating its edge, so tissue cut by the image border is not eroded.
-    """
-    if radius < 1:
-        return ndimage.binary_fill_holes(mask)
-    structure = ndimage.generate_binary_structure(2, 1)
-    padded = np.pad(mask, radius + 1, mode="edge")
-    padded = ndimage.binary_opening(padded, structure, iterations=radius)
-    padded = ndimage.binary_closing(padded, structure, iterations=radius)
-    inner = padded[radius + 1 : -(radius + 1), radius + 1 : -(radius + 1)]
-    return ndimage.binary_fill_holes(inner)
-
-
-def tissue_mask(
-    thumbnail: np.ndarray,
-    *,
-    median_size: int = 5,
-    min_signal: float = 0.05,
-    cleanup_radius: int = 2,
-) -> np.ndarray:
-    """Boolean ``(H, W)`` tissue mask of a low-resolution slide image.
-
-    Method (as in CLAM, Lu et al., Nat. Biomed. Eng. 2021): stained tissue is coloured and glass
-    is white or grey, so the tissue signal is the HSV saturation ``(max - min) / max`` of an RGB
-    ``(H, W, 3|4)`` uint8 image (for a single-channel ``(H, W)`` image, the inverted grey level
-    ``1 - v / 255``), median-filtered over ``median_size`` pixels to quiet JPEG noise. Pixels
-    above Otsu's threshold (N. Otsu, 1979) on that signal, and above ``min_signal`` (so a blank
-    slide, whose saturation is all noise, yields no tissue), are tissue. Then, with a 4-connected
-    cross repeated ``cleanup_radius`` times, a binary opening removes specks of dust, a closing
-    bridges small gaps, and holes inside tissue are filled (``scipy.ndimage``). Very pale, loose
-    tissue (faint stroma, fat) can fall below the threshold.
-    """
-    signal = _tissue_signal(thumbnail)
-    if signal.size == 0:
-        return np.zeros(signal.shape, dtype=bool)
-    if median_size > 1:
-        signal = ndimage.median_filter(signal, size=median_size, mode="nearest")
-    threshold = max(_otsu_threshold(signal), min_signal)
-    return _clean(signal > threshold, cleanup_radius)
-
-
 class _LevelReader:
     """Reads rectangles of one pyramid level by decoding only the stored segments they overlap.
 
@@ -397,206 +311,3 @@ class _LevelReader:
             top, left = (sy + rows) // step, (sx + cols) // step
             out[top : top + part.shape[0], left : left + part.shape[1]] = part
         return out
-
-
-def _choose_level(info: SlideInfo, magnification: float | None) -> tuple[int, float]:
-    """Level to read and the scale from it to the output (<= 1), for ``magnification``."""
-    if magnification is None:
-        return 0, 1.0
-    name = info.path.name
-    if magnification <= 0:
-        raise ValueError(f"magnification must be positive, got {magnification}")
-    if info.magnification is None:
-        raise ValueError(
-            f"{name} does not record its scan magnification; pass base_magnification= "
-            "(the objective power of level 0, e.g. 20 or 40), or magnification=None for level 0"
-        )
-    if magnification > info.magnification * (1 + 1e-3):
-        raise ValueError(
-            f"{name} was scanned at {info.magnification:g}x; request a magnification of at most "
-            f"{info.magnification:g} (got {magnification:g})"
-        )
-    usable = [
-        lvl.level
-        for lvl in info.levels
-        if info.level_magnification(lvl.level) >= magnification * (1 - 1e-3)
-    ]
-    level = max(usable, key=lambda i: info.levels[i].downsample)
-    return level, magnification / info.level_magnification(level)
-
-
-def _mask_level(info: SlideInfo, footprint_base: float) -> int:
-    """Lowest-resolution level on which a tile still spans :data:`MASK_MIN_TILE_PX` pixels."""
-    fine = [lvl for lvl in info.levels if footprint_base / lvl.downsample >= MASK_MIN_TILE_PX]
-    return max(fine, key=lambda lvl: lvl.downsample).level if fine else 0
-
-
-def _tissue_fraction(mask: np.ndarray, scale: tuple[float, float], box: tuple) -> float:
-    """Mean of ``mask`` over the mask pixels whose centres fall in base-level ``box``.
-
-    ``scale`` is base pixels per mask pixel ``(sx, sy)``; ``box`` is ``(x0, y0, x1, y1)``.
-    """
-    spans = []
-    for axis, (start, stop) in enumerate(((box[0], box[2]), (box[1], box[3]))):
-        step, size = scale[axis], mask.shape[1 - axis]
-        lo, hi = math.ceil(start / step - 0.5), math.ceil(stop / step - 0.5)
-        if hi <= lo:  # tile smaller than a mask pixel: use the pixel under its centre
-            lo = int((start + stop) / 2 / step)
-            hi = lo + 1
-        spans.append((min(max(lo, 0), size), min(max(hi, 0), size)))
-    (x0, x1), (y0, y1) = spans
-    region = mask[y0:y1, x0:x1]
-    return float(region.mean()) if region.size else 0.0
-
-
-def _evenly_spaced(count: int, keep: int | None) -> list[int]:
-    """``keep`` of ``range(count)``, first and last included, evenly spaced, in order."""
-    if keep is None or keep >= count:
-        return list(range(count))
-    return sorted({int(i) for i in np.linspace(0, count - 1, keep).round()}) if keep else []
-
-
-def _check_tiling_args(tile_size: int, tissue_threshold: float, max_tiles: int | None) -> None:
-    if tile_size < 1:
-        raise ValueError(f"tile_size must be a positive number of pixels, got {tile_size}")
-    if not 0.0 <= tissue_threshold <= 1.0:
-        raise ValueError(f"tissue_threshold must lie in [0, 1], got {tissue_threshold}")
-    if max_tiles is not None and max_tiles < 0:
-        raise ValueError(f"max_tiles must be >= 0 or None, got {max_tiles}")
-
-
-class _Tile(NamedTuple):
-    x: int  # base-level pixels
-    y: int
-    lx: int  # pixels of the level read
-    ly: int
-    tissue_fraction: float
-
-
-def _candidate_tiles(
-    info: SlideInfo, level: int, footprint: int, mask: np.ndarray, mask_scale: tuple
-) -> Iterator[_Tile]:
-    """Every whole tile of ``footprint`` level pixels, row-major, with its tissue fraction."""
-    base, lvl = info.levels[0], info.levels[level]
-    sx, sy = base.width / lvl.width, base.height / lvl.height
-    for ly in range(0, lvl.height - footprint + 1, footprint):
-        for lx in range(0, lvl.width - footprint + 1, footprint):
-            box = (lx * sx, ly * sy, (lx + footprint) * sx, (ly + footprint) * sy)
-            fraction = _tissue_fraction(mask, mask_scale, box)
-            yield _Tile(round(lx * sx), round(ly * sy), lx, ly, fraction)
-
-
-def _slide_mask(
-    tif: tifffile.TiffFile, page: tifffile.TiffPage, info: SlideInfo, mask_level: int
-) -> tuple[np.ndarray, tuple[float, float]]:
-    """Tissue mask of ``mask_level`` and its scale, in level-0 pixels per mask pixel ``(x, y)``."""
-    reader = _LevelReader(tif, page, info.path)
-    reader.check()
-    base, lvl = info.levels[0], info.levels[mask_level]
-    step = max(1, math.ceil(max(lvl.width, lvl.height) / MASK_MAX_SIDE))
-    image = reader.subsampled(step)
-    mask = tissue_mask(image[..., 0] if image.shape[-1] == 1 else image)
-    return mask, (step * base.width / lvl.width, step * base.height / lvl.height)
-
-
-def _select_tiles(
-    tif: tifffile.TiffFile,
-    pages: list[tifffile.TiffPage],
-    info: SlideInfo,
-    level: int,
-    footprint: int,
-    tissue_threshold: float,
-    max_tiles: int | None,
-) -> list[_Tile]:
-    """Tiles of ``level`` with enough tissue, capped at ``max_tiles``; no tile pixels are read."""
-    mask_level = _mask_level(info, footprint * info.levels[level].downsample)
-    mask, mask_scale = _slide_mask(tif, pages[mask_level], info, mask_level)
-    tiles = [
-        t
-        for t in _candidate_tiles(info, level, footprint, mask, mask_scale)
-        if t.tissue_fraction >= tissue_threshold
-    ]
-    return [tiles[i] for i in _evenly_spaced(len(tiles), max_tiles)]
-
-
-def _tile_image(reader: _LevelReader, tile: _Tile, footprint: int, tile_size: int) -> np.ndarray:
-    pixels = reader.read(tile.lx, tile.ly, footprint, footprint)
-    pixels = pixels[..., 0] if reader.samples == 1 else pixels[..., :3]
-    if footprint != tile_size:
-        resized = Image.fromarray(pixels).resize((tile_size, tile_size), Image.Resampling.LANCZOS)
-        pixels = np.asarray(resized)
-    return pixels
-
-
-def tile_slide(
-    path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    tile_size: int = 224,
-    magnification: float | None = None,
-    tissue_threshold: float = 0.5,
-    max_tiles: int | None = None,
-    base_magnification: float | None = None,
-    stem: str | None = None,
-) -> list[dict]:
-    """Cut a slide into non-overlapping tissue tiles written as PNGs; one row per tile.
-
-    The level read is the lowest-resolution one whose magnification is still at least
-    ``magnification`` (``None``: level 0, full resolution); its tiles of ``tile_size * level
-    magnification / magnification`` pixels are resized (Lanczos) to ``tile_size`` when the two
-    differ. Partial tiles at the right and bottom edges are skipped. A tile is kept when the share
-    of its area marked by :func:`tissue_mask` (computed on a low-resolution level) is at least
-    ``tissue_threshold``. With ``max_tiles``, that many kept tiles are taken evenly spaced through
-    the row-major order, so a cap does not favour the top of the slide.
-
-    Tiles are written to ``out_dir/<stem>_x<X>_y<Y>.png`` (RGB, or grey for a grey slide) and
-    read one at a time, never the whole level. ``stem`` defaults to the slide's file stem; pass a
-    pseudonym when file names may identify the patient (the PNGs carry no other metadata).
-    Rows, in row-major order, hold ``path``, ``slide``, ``x``, ``y`` (top-left, level-0 pixels),
-    ``level``, ``magnification`` (``None`` when unknown), ``tile_size`` and ``tissue_fraction``.
-
-    Raises:
-        ValueError: not a slide, bad arguments, or a magnification the slide does not reach.
-        UnreadableFileError: the slide is broken or in an unsupported pixel layout.
-    """
-    path, out_dir = Path(path), Path(out_dir)
-    _check_tiling_args(tile_size, tissue_threshold, max_tiles)
-    if path.suffix.lower() not in WSI_SUFFIXES + TIFF_SUFFIXES:
-        raise _not_a_slide(path)
-    tif, pages = _open_slide(path)
-    with tif:
-        if path.suffix.lower() in TIFF_SUFFIXES and not _is_pyramid_or_large(pages):
-            raise _not_a_slide(path)
-        info = _slide_info(path, pages, base_magnification)
-        level, scale = _choose_level(info, magnification)
-        footprint = round(tile_size / scale)
-        tiles = _select_tiles(tif, pages, info, level, footprint, tissue_threshold, max_tiles)
-        reader = _LevelReader(tif, pages[level], path)
-        reader.check()
-        fields = {
-            "slide": str(path.resolve()),
-            "level": level,
-            "magnification": info.magnification if magnification is None else magnification,
-            "tile_size": tile_size,
-            "stem": path.stem if stem is None else stem,
-        }
-        rows = [_write_tile(reader, t, footprint, tile_size, out_dir, fields) for t in tiles]
-    log.info("%s: wrote %d tiles at level %d to %s", path.name, len(rows), level, out_dir)
-    return rows
-
-
-def _write_tile(
-    reader: _LevelReader, tile: _Tile, footprint: int, tile_size: int, out_dir: Path, fields: dict
-) -> dict:
-    name = _TILE_NAME.format(stem=fields["stem"], x=tile.x, y=tile.y)
-    written = write_png(_tile_image(reader, tile, footprint, tile_size), out_dir / name)
-    return {
-        "path": str(written.resolve()),
-        "slide": fields["slide"],
-        "x": tile.x,
-        "y": tile.y,
-        "level": fields["level"],
-        "magnification": fields["magnification"],
-        "tile_size": fields["tile_size"],
-        "tissue_fraction": round(tile.tissue_fraction, 4),
-    }
