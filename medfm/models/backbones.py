@@ -14,14 +14,17 @@
   through the same transformer (Cai et al. 2022, "Uni4Eye").
 
 ``<size>`` is a key of :data:`SIZES`; ``model.depth`` (when set) overrides the size's depth.
+Every name is registered in :data:`BACKBONES` (as timm's ``register_model``), through which
+:func:`build_backbone` builds.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from torch import nn
 from medfm.models.conv_stem import use_conv_stem
 from medfm.models.pos_embed import sincos_2d
 from medfm.models.vit3d import ViT3D
+from medfm.registry import Registry
 
 SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (192, 12, 3),
@@ -92,25 +96,29 @@ def backbone_kwargs(model_cfg: Mapping[str, Any], image_size: int, channels: int
     return kwargs
 
 
-def build_backbone(
-    model_cfg: Mapping[str, Any], image_size: int, channels: int, depth_size: int | None = None
-) -> VisionTransformer | ViT3D:
-    """A randomly initialised ViT with a frozen sin-cos position embedding.
+BackboneFactory = Callable[[Mapping[str, Any], int, int, int | None], nn.Module]
 
-    timm names give a 2D timm ``VisionTransformer``; ``vit3d_*`` / ``unified_*`` a :class:`ViT3D`
-    on ``(depth_size or image_size, image_size, image_size)`` volumes (``depth_size`` is
-    ``data.depth_size``; it is ignored for timm names).
-    """
-    name = str(model_cfg["name"])
-    if is_medfm_3d(name):
-        return ViT3D(**vit3d_kwargs(model_cfg, image_size, channels, depth_size))
-    if name not in timm.list_models("vit_*"):
-        raise ValueError(
-            f"model.name={name!r} is not a timm ViT nor one of {', '.join(medfm_model_names())}; "
-            "try e.g. vit_tiny_patch16_224 or vit3d_tiny"
-        )
+BACKBONES: Registry[BackboneFactory] = Registry("backbone")
+"""Backbone factories by ``model.name``: every timm ViT (``vit_*``), ``vit3d_<size>`` and
+``unified_<size>``. Each is called as ``factory(model_cfg, image_size, channels, depth_size)``."""
+
+
+def _build_vit3d(
+    model_cfg: Mapping[str, Any], image_size: int, channels: int, depth_size: int | None = None
+) -> ViT3D:
+    """A :class:`ViT3D` (``vit3d_*``) or unified 2D + 3D one (``unified_*``)."""
+    return ViT3D(**vit3d_kwargs(model_cfg, image_size, channels, depth_size))
+
+
+def _build_timm_vit(
+    model_cfg: Mapping[str, Any], image_size: int, channels: int, depth_size: int | None = None
+) -> VisionTransformer:
+    """A timm ``VisionTransformer`` with a frozen 2D sin-cos position embedding (``depth_size``
+    is ignored)."""
     model = timm.create_model(
-        name, pretrained=False, **backbone_kwargs(model_cfg, image_size, channels)
+        str(model_cfg["name"]),
+        pretrained=False,
+        **backbone_kwargs(model_cfg, image_size, channels),
     )
     if model_cfg.get("stem", "patch") == "conv":
         use_conv_stem(model)
@@ -126,6 +134,38 @@ def build_backbone(
     if model_cfg.get("pretrained"):
         load_local_weights(model, model_cfg["pretrained"])
     return model
+
+
+for _name in medfm_model_names():
+    BACKBONES.register(_name)(_build_vit3d)
+for _name in timm.list_models("vit_*"):
+    BACKBONES.register(_name)(_build_timm_vit)
+
+
+def _unknown_backbone(name: str) -> ValueError:
+    near = difflib.get_close_matches(name, BACKBONES.names(), n=1)
+    hint = f" (the nearest valid name is {near[0]!r})" if near else ""
+    return ValueError(
+        f"model.name={name!r} is not a timm ViT nor one of {', '.join(medfm_model_names())}"
+        f"{hint}; try e.g. vit_tiny_patch16_224 or vit3d_tiny"
+    )
+
+
+def build_backbone(
+    model_cfg: Mapping[str, Any], image_size: int, channels: int, depth_size: int | None = None
+) -> VisionTransformer | ViT3D:
+    """A randomly initialised ViT with a frozen sin-cos position embedding, built by
+    ``model.name`` through :data:`BACKBONES`.
+
+    timm names give a 2D timm ``VisionTransformer``; ``vit3d_*`` / ``unified_*`` a :class:`ViT3D`
+    on ``(depth_size or image_size, image_size, image_size)`` volumes (``depth_size`` is
+    ``data.depth_size``; it is ignored for timm names). An unknown name raises a ``ValueError``
+    naming the nearest valid one.
+    """
+    name = str(model_cfg["name"])
+    if name not in BACKBONES:
+        raise _unknown_backbone(name)
+    return BACKBONES.get(name)(model_cfg, image_size, channels, depth_size)
 
 
 def load_local_weights(model: VisionTransformer, path: str | os.PathLike) -> None:
