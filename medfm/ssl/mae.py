@@ -218,10 +218,3 @@ def mae_kwargs(ssl_cfg: Mapping[str, Any]) -> dict[str, Any]:
         "gradient_target": bool(ssl_cfg.get("gradient_target", False)),
         "gradient_weight": float(ssl_cfg.get("gradient_weight", 1.0)),
     }
-
-
-def build_objective(encoder: nn.Module, ssl_cfg: Mapping[str, Any]) -> nn.Module:
-    """The objective named by ``ssl.objective`` (here: ``mae``; see :mod:`medfm.ssl.objectives`)."""
-    if ssl_cfg["objective"] != "mae":
-        raise ValueError(f"ssl.objective={ssl_cfg['objective']!r} is not available; use 'mae'")
-    return MAE(encoder, **mae_kwargs(ssl_cfg))

@@ -3,7 +3,8 @@ import torch
 
 from medfm.config import load_config
 from medfm.models.backbones import build_backbone
-from medfm.ssl.mae import MAE, build_objective
+from medfm.ssl.mae import MAE
+from medfm.ssl.objectives import build_objective
 from medfm.ssl.patches import patchify
 
 

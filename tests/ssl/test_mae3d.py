@@ -4,7 +4,8 @@ import torch
 from medfm.config import load_config
 from medfm.models.backbones import build_backbone
 from medfm.models.pos_embed import sincos_3d
-from medfm.ssl.mae import MAE, build_objective, gradient_magnitude
+from medfm.ssl.mae import MAE, gradient_magnitude
+from medfm.ssl.objectives import build_objective
 from medfm.ssl.patches import patchify, patchify3d, unpatchify, unpatchify3d
 
 BASE = ["model.depth=1", "data.image_size=16", "model.patch_size=4", "ssl.decoder_depth=1"]

@@ -50,10 +50,13 @@ def test_forward_backward_every_trainable_parameter_gets_a_gradient(name, channe
     assert bool(teacher) == (name == "dino")
 
 
-def test_mae_entry_builds_what_mae_build_objective_builds():
+def test_mae_entry_builds_the_mae_its_settings_describe():
     cfg = load_config(None, ["model.depth=1", "data.image_size=16", "ssl.mask_ratio=0.5"])
     built = []
-    for build in (mae_module.build_objective, build_objective):
+    for build in (
+        lambda enc, ssl: mae_module.MAE(enc, **mae_module.mae_kwargs(ssl)),
+        build_objective,
+    ):
         torch.manual_seed(3)
         built.append(build(build_backbone(cfg.model, 16, 1), cfg.ssl))
     assert all(type(m) is mae_module.MAE for m in built)

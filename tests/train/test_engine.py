@@ -5,7 +5,7 @@ import torch
 from medfm.config import load_config
 from medfm.data.loader import batch_indices, in_memory_batches
 from medfm.models.backbones import build_backbone
-from medfm.ssl.mae import build_objective
+from medfm.ssl.objectives import build_objective
 from medfm.train.checkpoint import CHECKPOINT, load_checkpoint
 from medfm.train.engine import NonFiniteLossError, train
 
