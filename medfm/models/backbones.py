@@ -173,7 +173,10 @@ def load_local_weights(model: VisionTransformer, path: str | os.PathLike) -> Non
 
     timm's ``checkpoint_filter_fn`` adapts them to this model: it resamples the position
     embedding and the patch-embedding kernel to our image and patch size, and drops the classifier.
+    RGB weights meet grey-scale data (``data.channels=1``) through timm's ``adapt_input_conv``,
+    which sums the kernel over its input channels, as timm does for ``in_chans=1``.
     """
+    from timm.models import adapt_input_conv
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     path = Path(path)
@@ -189,6 +192,9 @@ def load_local_weights(model: VisionTransformer, path: str | os.PathLike) -> Non
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("model", state.get("state_dict", state))
+    key, channels = "patch_embed.proj.weight", model.patch_embed.proj.in_channels
+    if key in state and state[key].ndim == 4 and state[key].shape[1] != channels:
+        state[key] = adapt_input_conv(channels, state[key])
     state = checkpoint_filter_fn(state, model)
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     missing, unexpected = model.load_state_dict(state, strict=False)

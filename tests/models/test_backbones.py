@@ -103,3 +103,20 @@ def test_pretrained_loads_only_from_a_local_file_and_adapts_sizes(cfg, tmp_path)
     missing = load_config(None, ["model.pretrained=/nonexistent/w.safetensors"]).model
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         build_backbone(missing, 16, 3)
+
+
+def test_rgb_weights_load_into_a_grey_scale_backbone_summed_over_channels(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1, img_size=32)
+    weights = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(weights, str(tmp_path / "rgb.safetensors"))
+    model_cfg = load_config(
+        None,
+        ["model.depth=1", "model.patch_size=16", f"model.pretrained={tmp_path}/rgb.safetensors"],
+    ).model
+    grey = build_backbone(model_cfg, 32, 1)
+    expected = source.patch_embed.proj.weight.sum(dim=1, keepdim=True)
+    torch.testing.assert_close(grey.patch_embed.proj.weight, expected)
+    torch.testing.assert_close(grey.blocks[0].mlp.fc1.weight, source.blocks[0].mlp.fc1.weight)
