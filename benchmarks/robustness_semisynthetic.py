@@ -35,7 +35,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from medfm.config import load_config  # noqa: E402
 from medfm.data.synthetic import _PROFILES, apply_center  # noqa: E402
-from medfm.evaluation.legacy_runner import write_json  # noqa: E402
+from medfm.io import write_json  # noqa: E402
 from medfm.models import build_backbone, encode, load_encoder  # noqa: E402
 from medfm.robustness.card import render_robustness_card  # noqa: E402
 from medfm.robustness.index import robustness_index  # noqa: E402

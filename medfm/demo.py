@@ -1,35 +1,41 @@
 """``medfm demo``: the whole pipeline on the embedded multi-center dataset, in one call.
 
 generate files -> ingest (MONAI readers, pseudonyms, patient-level splits) -> MAE pre-training of a
-small timm ViT -> encoder artifact -> linear probe and kNN test AUC (and the random-init
-baseline) ->
-robustness index (de Jong et al. 2025 ratio; PathoROB normalized) -> MLflow.
+small timm ViT -> encoder artifact -> ``medfm evaluate`` (:func:`medfm.evaluation.run.evaluate`,
+heads linear and knn, protocol full, with the random-init and raw-pixel baselines) -> ``medfm
+robustness`` (:func:`medfm.robustness.audit.audit_encoders`: robustness index, de Jong et al. 2025
+ratio and PathoROB normalized, and the robustness card) -> MLflow. The commands' own functions run
+here, so the demo's numbers are those ``medfm evaluate`` and ``medfm robustness`` give on its
+encoder; ``summary.json`` is read back from the ``metrics.json`` and ``robustness.json`` they write.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from pathlib import Path
 
+from omegaconf import DictConfig
+
+from medfm.api import pretrain
 from medfm.config import load_config
 from medfm.data.ingestion.ingest import ingest
 from medfm.data.synthetic import SyntheticSpec, write_dataset
-from medfm.evaluation.legacy_runner import (
-    encoder_features,
-    run_evaluate,
-    run_robustness,
-    write_json,
-)
-from medfm.tracking.base import local_tracking_uri, make_logger
-from medfm.api import pretrain
+from medfm.evaluation.run import evaluate
+from medfm.io import write_json
+from medfm.robustness.audit import audit_encoders
+from medfm.tracking.base import Logger, local_tracking_uri, make_logger
 
 DEMO_SALT = "medfm-demo-salt"  # fixed so the demo's pseudonyms repeat; real data uses its own
+DEMO_EVAL = ("eval.heads=[linear,knn]", "eval.protocols=[full]")
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoSize:
+    """How big one demo run is."""
+
     cases_per_center: int
     images_per_case: int
     max_steps: int
@@ -40,7 +46,7 @@ FULL = DemoSize(cases_per_center=50, images_per_case=3, max_steps=600, batch_siz
 QUICK = DemoSize(cases_per_center=16, images_per_case=2, max_steps=60, batch_size=32)
 
 
-def _config(out: Path, size: DemoSize, seed: int, tracking: bool, progress: bool):
+def _config(out: Path, size: DemoSize, seed: int, tracking: bool, progress: bool) -> DictConfig:
     return load_config(
         None,
         [
@@ -54,6 +60,7 @@ def _config(out: Path, size: DemoSize, seed: int, tracking: bool, progress: bool
             f"tracking.enabled={tracking}",
             "tracking.experiment=medfm-demo",
             f"train.checkpoint_every={max(1, size.max_steps // 2)}",
+            *DEMO_EVAL,
         ],
     )
 
@@ -67,7 +74,12 @@ def run_demo(
     tracking: bool = True,
     progress: bool = True,
 ) -> dict:
-    """Run the demo end to end; returns (and writes to ``out_dir/summary.json``) the summary."""
+    """Run the demo end to end; returns (and writes to ``out_dir/summary.json``) the summary.
+
+    Writes ``data/``, ``ingest/``, ``pretrain/`` (the encoder), ``evaluation/`` (as ``medfm
+    evaluate --heads linear,knn``) and ``robustness/`` (as ``medfm robustness``, sharing the
+    evaluation's feature cache) under ``out_dir``.
+    """
     out, size, t0 = Path(out_dir).resolve(), QUICK if quick else FULL, time.perf_counter()
     spec = SyntheticSpec(
         cases_per_center=size.cases_per_center,
@@ -91,27 +103,15 @@ def run_demo(
         logger.log_artifact(out / "ingest" / "report.json", "ingest")
         logger.log_params({"demo.center_strength": center_strength, "demo.quick": quick})
         encoder_dir, result = pretrain(cfg, logger)
-        table, _ = encoder_features(encoder_dir, cfg.data.manifest, progress=progress)
-        heads = run_evaluate(table, cfg, out / "evaluation", logger)
-        robust = run_robustness(table, int(cfg.robustness.k), out / "robustness", logger)
-        baseline, _ = encoder_features(
-            encoder_dir, cfg.data.manifest, random_init=True, seed=seed, progress=False
+        _evaluate_and_audit(encoder_dir, cfg, out, logger, progress)
+        summary = _summary(out, report, result.steps, center_strength, seed, logger, t0)
+        logger.log_metrics(
+            {
+                f"demo/{k}": v
+                for k, v in summary.items()
+                if k.endswith(("_auc", "_index")) and isinstance(v, float)
+            }
         )
-        base = run_evaluate(baseline, cfg, out / "evaluation" / "random_init")
-        summary = _summary(
-            heads,
-            robust,
-            base,
-            report,
-            result.steps,
-            center_strength,
-            seed,
-            logger,
-            cfg.tracking.enabled and logger.run_id,
-            out,
-            t0,
-        )
-        logger.log_metrics({"demo/random_init_linear_auc": summary["random_init_linear_auc"]})
         logger.log_artifact(write_json(summary, out / "summary.json"))
     except BaseException:
         logger.close("FAILED")
@@ -120,16 +120,54 @@ def run_demo(
     return summary
 
 
-def _summary(heads, robust, base, report, steps, strength, seed, logger, tracked, out, t0) -> dict:
+def _evaluate_and_audit(
+    encoder_dir: Path, cfg: DictConfig, out: Path, logger: Logger, progress: bool
+) -> None:
+    """``medfm evaluate`` and ``medfm robustness`` on the demo encoder, the audit reusing the
+    evaluation's cached features."""
+    cache = out / "evaluation" / "feature_cache"
+    manifest = cfg.data.manifest
+    evaluate(encoder_dir, manifest, cfg, out / "evaluation", logger, progress=progress)
+    audit_encoders(
+        [str(encoder_dir)],
+        manifest,
+        out / "robustness",
+        bio=str(cfg.robustness.bio_column),
+        center=str(cfg.robustness.center_column),
+        group=cfg.robustness.group_column,
+        k=int(cfg.robustness.k),
+        n_boot=int(cfg.eval.bootstrap),
+        seed=int(cfg.seed),
+        title="medfm demo: robustness card",
+        logger=logger,
+        progress=progress,
+        cfg=cfg,
+        cache_dir=cache,
+    )
+
+
+def _summary(out: Path, report: dict, steps: int, strength: float, seed: int, logger, t0) -> dict:
+    """The demo's headline numbers, read from the written ``metrics.json`` and
+    ``robustness.json``."""
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+    robust = json.loads((out / "robustness" / "robustness.json").read_text())
+    encoder = next(iter(robust["encoders"].values()))
+    full = {row: by_protocol["full"] for row, by_protocol in metrics.items()}
+    pixels = full.get("pixels:linear", {}).get("test_auc")
+    tracked = logger.run_id is not None
     return {
-        "linear_auc": heads["linear"]["test_auc"],
-        "knn_auc": heads["knn"]["test_auc"],
-        "linear_acc": heads["linear"]["test_acc"],
-        "knn_acc": heads["knn"]["test_acc"],
-        "random_init_linear_auc": base["linear"]["test_auc"],
-        "robustness_index": robust["robustness_index"],
-        "robustness_index_normalized": robust["robustness_index_normalized"],
-        "robustness_k": robust["k"],
+        "linear_auc": full["linear"]["test_auc"],
+        "linear_auc_ci95": full["linear"]["test_auc_ci95"],
+        "knn_auc": full["knn"]["test_auc"],
+        "linear_acc": full["linear"]["test_acc"],
+        "knn_acc": full["knn"]["test_acc"],
+        "random_init_linear_auc": full["random:linear"]["test_auc"],
+        "pixels_linear_auc": pixels,
+        "robustness_index": encoder["robustness_index"],
+        "robustness_index_ci95": encoder["robustness_index_ci95"],
+        "robustness_index_normalized": encoder["robustness_index_normalized"],
+        "chance_robustness_index": robust["chance"]["robustness_index"],
+        "robustness_k": encoder["k"],
         "center_strength": strength,
         "seed": seed,
         "pretrain_steps": steps,
@@ -138,29 +176,47 @@ def _summary(heads, robust, base, report, steps, strength, seed, logger, tracked
         "mlflow_run_id": logger.run_id if tracked else None,
         "tracking_uri": logger.tracking_uri if tracked else None,
         "encoder": str(out / "pretrain" / "encoder.safetensors"),
+        "metrics": str(out / "evaluation" / "metrics.json"),
+        "robustness_card": str(out / "robustness" / "report.html"),
         "seconds": round(time.perf_counter() - t0, 1),
     }
 
 
+ROWS = (
+    ("linear_auc", "linear probe test AUC", "linear_auc_ci95"),
+    ("knn_auc", "kNN test AUC", None),
+    ("random_init_linear_auc", "random-init linear AUC", None),
+    ("pixels_linear_auc", "raw-pixel linear AUC", None),
+    ("robustness_index", "robustness index (ratio)", "robustness_index_ci95"),
+    ("chance_robustness_index", "  ... at chance", None),
+    ("robustness_index_normalized", "robustness index (normalized)", None),
+    ("center_strength", "center strength", None),
+    ("images", "images", None),
+    ("pretrain_steps", "pre-training steps", None),
+    ("seconds", "seconds", None),
+)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "n/a" if value is None else str(value)
+
+
 def format_summary(summary: dict) -> str:
-    """The table ``medfm demo`` prints, and how to open MLflow on the run."""
-    lines = ["", "medfm demo summary", "-" * 48]
-    for key in (
-        "linear_auc",
-        "knn_auc",
-        "random_init_linear_auc",
-        "robustness_index",
-        "robustness_index_normalized",
-        "center_strength",
-        "images",
-        "pretrain_steps",
-        "seconds",
-    ):
-        value = summary[key]
-        lines.append(
-            f"{key:<30} {value:>12.3f}" if isinstance(value, float) else f"{key:<30} {value:>12}"
-        )
-    lines.append("-" * 48)
+    """The table ``medfm demo`` prints (values with their 95% CIs where the summary has them),
+    where the full reports are, and how to open MLflow on the run."""
+    lines = ["", "medfm demo summary", "-" * 64]
+    for key, label, ci_key in ROWS:
+        if key not in summary:
+            continue
+        ci = summary.get(ci_key) if ci_key else None
+        extra = f"  [{_cell(ci[0])}, {_cell(ci[1])}]" if ci else ""
+        lines.append(f"{label:<32} {_cell(summary[key]):>10}{extra}")
+    lines.append("-" * 64)
+    for key, label in (("metrics", "metrics"), ("robustness_card", "robustness card")):
+        if summary.get(key):
+            lines.append(f"{label:<16} {summary[key]}")
     uri = summary.get("tracking_uri")
     if uri:
         lines.append(f"MLflow run {summary['mlflow_run_id']}; open the UI with:")

@@ -52,6 +52,14 @@ def test_summary_values_are_finite_and_in_range(demo_run):
     assert 0.0 <= summary["robustness_index_normalized"] <= 1.0
     assert summary["images"] == 96 and summary["quarantined"] == 0
     assert summary["pretrain_steps"] == 60
+    lo, hi = summary["linear_auc_ci95"]
+    assert lo <= summary["linear_auc"] <= hi
+    assert 0.0 < summary["chance_robustness_index"] and summary["robustness_k"] == 10
+    assert (out_of(summary) / "robustness" / "report.html").is_file()
+
+
+def out_of(summary: dict) -> Path:
+    return Path(summary["metrics"]).parents[1]
 
 
 def test_mlflow_store_holds_the_run_with_metrics(demo_run):
@@ -61,12 +69,27 @@ def test_mlflow_store_holds_the_run_with_metrics(demo_run):
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
-    assert metrics["eval/linear_test_auc"] == pytest.approx(summary["linear_auc"])
-    assert metrics["robustness/robustness_index"] == pytest.approx(summary["robustness_index"])
+    # logged by medfm evaluate and medfm robustness themselves, and by the demo from their files
+    assert metrics["eval/linear/full/test_auc"] == pytest.approx(summary["linear_auc"])
+    assert metrics["eval/random_linear/full/test_auc"] == pytest.approx(
+        summary["random_init_linear_auc"]
+    )
+    assert metrics["robustness/ri_ratio"] == pytest.approx(summary["robustness_index"])
+    assert metrics["demo/knn_auc"] == pytest.approx(summary["knn_auc"])
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
+    assert {c.data.params["head"] for c in children} == {
+        "linear",
+        "knn",
+        "random:linear",
+        "random:knn",
+        "pixels:linear",
+    }
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6  # every 10 steps
     assert run.data.params["train.max_steps"] == "60"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "summary.json", "encoder", "robustness"} <= artifacts
+    assert {"config.yaml", "summary.json", "encoder", "evaluation", "robustness"} <= artifacts
 
 
 def test_no_phi_outside_the_dicom_files(demo_run):

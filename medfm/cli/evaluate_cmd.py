@@ -6,7 +6,17 @@ import argparse
 from pathlib import Path
 
 
+def default_heads() -> list[str]:
+    """``eval.heads`` of the default config: the heads ``medfm evaluate`` runs without --heads."""
+    from medfm.config import DEFAULTS
+
+    return [str(h) for h in DEFAULTS["eval"]["heads"]]
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``medfm evaluate`` and its options to ``sub``."""
+    from medfm.heads.registry import HEADS
+
     p = sub.add_parser(
         "evaluate",
         help="downstream heads, protocols and baselines: test AUC with 95%% CIs",
@@ -33,9 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--heads",
-        default="linear,knn,gda,prototype,mlp,finetune",
-        help="comma-separated: linear, knn, gda, prototype, mlp, finetune, soup "
-        "(default: all but soup)",
+        default=None,
+        help="comma-separated heads (default: eval.heads of the config, "
+        f"{','.join(default_heads())}): "
+        + "; ".join(f"{name} ({HEADS.get(name).summary})" for name in HEADS.names()),
     )
     p.add_argument(
         "--protocol",
@@ -73,7 +84,7 @@ def _evaluate_config(args: argparse.Namespace):
     return load_config(
         None,
         [
-            f"eval.heads=[{args.heads}]",
+            *([f"eval.heads=[{args.heads}]"] if args.heads else []),
             f"eval.seeds={args.seeds}",
             f"eval.baselines={not args.no_baselines}",
             f"seed={args.seed}",
@@ -85,6 +96,7 @@ def _evaluate_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``medfm evaluate`` with the parsed ``args``; returns the exit status."""
     from medfm.evaluation.run import evaluate
     from medfm.evaluation.tables import metrics_markdown
     from medfm.tracking.base import make_logger

@@ -1,4 +1,4 @@
-"""``medfm robustness``."""
+"""``medfm robustness``: the robustness audit (:mod:`medfm.robustness.audit`) from the shell."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``medfm robustness`` and its options on ``sub`` (long only because it lists
+    every option with its help, one declaration each)."""
     p = sub.add_parser(
         "robustness",
         help="audit encoders: do they represent the medical center more than the biology?",
@@ -17,15 +19,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "breakdown, APD and leave-one-center-out AUC. Neighbours sharing the group column "
         "(patient) are excluded. Writes OUT/robustness.json and the self-contained robustness "
         "card OUT/report.html, and logs both to MLflow. The center column can be any "
-        "manifest column, e.g. a pseudonymised InstitutionName, Manufacturer or a scanner model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "manifest column, e.g. a pseudonymised InstitutionName, Manufacturer or a scanner model. "
+        "Unset options come from robustness.* (k, bio_column, center_column, group_column), "
+        "eval.bootstrap and seed, which KEY=VALUE overrides may set.",
+        epilog="Example: medfm robustness --encoder runs/mae --encoder timm:vit_small_patch16_224 "
+        "--weights vit_small.safetensors --data runs/ingest/manifest.csv --out runs/audit "
+        "robustness.k=auto data.image_size=224",
     )
     p.add_argument(
         "--encoder",
         action="append",
         default=[],
-        help="encoder artifact (pretrain out_dir); random:<dir> for its random-init "
-        "twin; repeat to compare encoders in one table",
+        help="encoder: a `medfm pretrain` out_dir (or its encoder.safetensors); random:<out_dir "
+        "or architecture> for random initialisation; timm:<name> with --weights FILE (or "
+        "timm:<name>@FILE); repeat to compare encoders in one table",
     )
     p.add_argument("--data", help="manifest.csv (or its folder) to embed with --encoder")
     p.add_argument(
@@ -36,59 +43,98 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="precomputed embeddings: an .npz with 'embeddings' (n, d) and one array "
         "per column; repeatable",
     )
-    p.add_argument("--bio-column", default="label", help="column with the biological class")
-    p.add_argument("--center-column", default="center", help="column with the center")
+    p.add_argument("--weights", help="local weights file for the timm:<name> encoders")
+    p.add_argument("--image-size", type=int, help="resize images to this size (timm encoders)")
+    p.add_argument("--cache-dir", help="feature cache folder (default: OUT/feature_cache)")
+    p.add_argument("--bio-column", help="column with the biological class (default: label)")
+    p.add_argument("--center-column", help="column with the center (default: center)")
     p.add_argument(
         "--group-column",
-        default="patient",
-        help="neighbours sharing this column are excluded; 'none' to disable",
+        help="neighbours sharing this column are excluded; 'none' to disable (default: patient)",
     )
     p.add_argument(
         "--k",
-        default="10",
-        help="neighbours per sample, or 'auto' (best biological "
-        "kNN balanced accuracy over 5, 10, 20, 50)",
+        help="neighbours per sample, or 'auto' (best biological kNN balanced accuracy over "
+        "5, 10, 20, 50) (default: 10)",
     )
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the CIs")
+    p.add_argument("--bootstrap", type=int, help="bootstrap resamples for the CIs (default: 200)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="seed for random init and resampling")
+    p.add_argument("--seed", type=int, help="seed for random init and resampling (default: 0)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. robustness.k=auto data.image_size=224 tracking.uri=...",
+    )
     p.set_defaults(run=run)
 
 
+def _settings(args: argparse.Namespace):
+    """The config (defaults <- overrides) and the audit settings, options over config."""
+    from medfm.config import load_config
+
+    cfg = load_config(
+        None,
+        [f"out_dir={args.out}", *args.overrides]
+        + (["tracking.enabled=false"] if args.no_tracking else []),
+    )
+    rob = cfg.robustness
+
+    def given(value, default):
+        return default if value is None else value
+
+    group = str(given(args.group_column, rob.group_column) or "none")
+    k = str(given(args.k, rob.k))
+    return cfg, {
+        "bio": str(given(args.bio_column, rob.bio_column)),
+        "center": str(given(args.center_column, rob.center_column)),
+        "group": None if group.lower() == "none" else group,
+        "k": k if k == "auto" else int(k),
+        "n_boot": int(given(args.bootstrap, cfg.eval.bootstrap)),
+        "seed": int(given(args.seed, cfg.seed)),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
-    from medfm.config import ConfigError, load_config
-    from medfm.robustness import audit as A
+    """Embed (or read) every encoder's features, audit them, print one line per encoder."""
+    from medfm.config import ConfigError
+    from medfm.robustness import inputs
+    from medfm.robustness.audit import run_audit
     from medfm.tracking.base import make_logger
 
     if not args.embeddings and not (args.encoder and args.data):
         raise ConfigError(
             "give --encoder ENC [--encoder ENC2 ...] --data MANIFEST, or --embeddings FILE.npz"
         )
-    group = None if args.group_column.lower() == "none" else args.group_column
-    columns = (args.bio_column, args.center_column, group)
-    datasets = A.audit_data_from_npz(args.embeddings, *columns) if args.embeddings else {}
+    cfg, s = _settings(args)
+    columns = (s["bio"], s["center"], s["group"])
+    datasets = inputs.audit_data_from_npz(args.embeddings, *columns) if args.embeddings else {}
     if args.encoder:
-        datasets |= A.audit_data_from_encoders(
-            args.encoder, args.data, *columns, args.seed, not args.no_progress
+        datasets |= inputs.audit_data_from_encoders(
+            args.encoder,
+            args.data,
+            *columns,
+            s["seed"],
+            not args.no_progress,
+            weights=args.weights,
+            cfg=cfg,
+            image_size=args.image_size,
+            cache_dir=Path(args.cache_dir or Path(args.out) / "feature_cache"),
         )
-    cfg = load_config(
-        None, [f"out_dir={args.out}"] + (["tracking.enabled=false"] if args.no_tracking else [])
-    )
     logger = make_logger(cfg.tracking, args.out, run_name="robustness")
     logger.log_params(
-        {
-            "encoders": ",".join(datasets),
-            "k": args.k,
-            "bio_column": args.bio_column,
-            "center_column": args.center_column,
-        }
+        {"encoders": ",".join(datasets), "k": s["k"], "bio_column": s["bio"]}
+        | {"center_column": s["center"], "group_column": str(s["group"])}
     )
-    k = args.k if args.k == "auto" else int(args.k)
-    results = A.run_audit(
-        datasets, args.out, k=k, n_boot=args.bootstrap, seed=args.seed, logger=logger
-    )
+    try:
+        results = run_audit(
+            datasets, args.out, k=s["k"], n_boot=s["n_boot"], seed=s["seed"], logger=logger
+        )
+    except BaseException:
+        logger.close("FAILED")
+        raise
     logger.close()
     for name, r in results["encoders"].items():
         lo, hi = r["robustness_index_ci95"]

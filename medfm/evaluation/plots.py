@@ -1,6 +1,7 @@
 """Figures for the downstream-evaluation report of ``medfm evaluate``.
 
-Three PNG figures, each written to ``path`` (parent folders created) and returned as a ``Path``:
+Three PNG figures, each written to ``path`` by :func:`medfm.figures.save_figure` (atomic, parent
+folders created) and returned as a ``Path``:
 
 * :func:`roc_curves` -- one ROC curve per head (macro one-vs-rest for more than two classes);
 * :func:`per_center_bars` -- test AUC per acquisition center, one bar per head;
@@ -26,17 +27,10 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
+from medfm.figures import save_figure  # noqa: E402
+
 Prediction = tuple[np.ndarray, np.ndarray, np.ndarray]
 Curve = tuple[np.ndarray, np.ndarray, float]
-
-
-def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (parent folders created), close it, return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _num(value: object) -> float:
@@ -121,7 +115,7 @@ def roc_curves(
     ax.set_ylabel("true positive rate")
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title or "ROC on the test split")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _per_center(metrics: Mapping[str, Mapping[str, Mapping]], protocol: str) -> dict[str, Mapping]:
@@ -173,7 +167,7 @@ def per_center_bars(
     ax.set_ylabel("test AUC")
     ax.legend(fontsize=8)
     ax.set_title(title or f"Test AUC per center ({protocol})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _parse_protocol(name: str) -> tuple[str, float] | None:
@@ -241,4 +235,4 @@ def label_efficiency_curves(
         ax.set_ylabel("test AUC")
         ax.legend(fontsize=8)
     fig.suptitle(title or "Label efficiency")
-    return _save(fig, path)
+    return save_figure(fig, path)

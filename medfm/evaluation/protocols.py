@@ -158,3 +158,9 @@ def loco_folds(centers: np.ndarray) -> list[tuple[str, np.ndarray]]:
             f"{len(names)}. Ingest with a center column or drop loco"
         )
     return [(c, centers == c) for c in names]
+
+
+def protocols_of(eval_cfg) -> list[Protocol]:
+    """The protocols of ``eval.protocols`` (a list, or one string as the command line gives)."""
+    specs = eval_cfg.protocols
+    return parse_protocols(specs if isinstance(specs, str) else list(specs))

@@ -1,6 +1,56 @@
-"""The whole downstream evaluation of one encoder (``medfm evaluate``); helpers in
-:mod:`medfm.evaluation.suite`, fine-tuning in :mod:`medfm.heads.finetune`, soups in
-:mod:`medfm.heads.soups`.
+"""``medfm evaluate``: THE downstream evaluation of one encoder (``medfm demo`` and the notebooks
+call the same :func:`evaluate`).
+
+encoder + data -> features (cached) of the encoder, of its random-init twin and of raw pixels
+(:mod:`medfm.evaluation.sources`) -> every head of ``eval.heads`` fitted per protocol fold and
+seed (:mod:`medfm.evaluation.scoring`; fine-tuning and soups in
+:mod:`medfm.evaluation.images`) -> ``metrics.json``, ``metrics.md``, plots and one nested MLflow
+run per row and protocol (:mod:`medfm.evaluation.outputs`).
+
+The ``metrics.json`` schema
+---------------------------
+
+``{row: {protocol: entry}}``, keys sorted.
+
+*row* (str): an encoder head, ``linear``, ``knn``, ``gda``, ``prototype``, ``mlp``,
+``finetune``, and for ``soup`` the three rows ``finetune_best``, ``soup_uniform`` and
+``soup_greedy``; then the baselines of the same run, ``random:<feature head>`` (the same
+architecture at random initialisation; present when the encoder has a random twin) and
+``pixels:linear`` (logistic regression on raw pixels pooled to at most 4096 values; present when
+every image has the same shape). Baselines are omitted with ``eval.baselines=false``.
+
+*protocol* (str): ``full``, ``fewshot:K``, ``fraction:F`` or ``loco`` (``eval.protocols``);
+soup rows have ``full`` only.
+
+*entry*, single-label task (all numbers are JSON numbers; ``NaN`` where undefined, e.g. the AUC
+of a single-class held-out center):
+
+=====================  =================  ===================================================
+key                    type               meaning
+=====================  =================  ===================================================
+``test_auc``           float              test ROC AUC (macro one-vs-rest beyond 2 classes),
+                                          mean over seeds (loco: over held-out centers)
+``test_auc_std``       float              its sample std (0 for one repetition)
+``test_auc_ci95``      [float, float]     bootstrap 95% CI (patients resampled when they
+                                          repeat), mean of the repetitions' bounds
+``test_acc``           float              accuracy; ``test_acc_std`` its std
+``test_bacc``          float              balanced accuracy; ``test_bacc_std``
+``test_f1``            float              macro F1; ``test_f1_std``
+``test_ece``           float              expected calibration error; ``test_ece_std``
+``n_seeds``            int                repetitions behind the means
+``per_center``         {center: {...}}    only with 2+ centers in test (always for loco):
+                                          ``{"test_auc": float, "test_acc": float, "n": int}``
+``n_folds``            int                loco only: held-out centers
+=====================  =================  ===================================================
+
+Soup rows (one set of members, not repeated) hold the same keys without the ``_std`` ones, with
+``n_seeds`` the number of members, ``val_auc`` (float, validation AUC of those weights) and, for
+``soup_greedy``, ``members_kept`` (int, members in the greedy soup).
+
+Multi-label task (``;``-joined 0/1 labels): ``test_auc``, ``test_auc_std`` (the mean per-label
+AUC), ``per_label_auc`` (list of floats, one per label, the first repetition's) and ``n_seeds``.
+``tests/evaluation/test_schema.py`` holds both ``medfm evaluate`` and ``medfm demo`` to exactly
+this shape.
 
 Example (a notebook)::
 
@@ -13,21 +63,23 @@ Example (a notebook)::
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
-from medfm.data.datasets import build_dataset, stack_images
+from medfm.data.datasets import build_dataset
 from medfm.data.transforms.preprocess import check_same_preprocess
-from medfm.evaluation import suite as S
-from medfm.evaluation.tasks import EvalTask, Fold, load_eval_rows
+from medfm.evaluation.images import image_rows
+from medfm.evaluation.outputs import log_nested, write_outputs
+from medfm.evaluation.protocols import Protocol, protocols_of
+from medfm.evaluation.scoring import fit_predict, n_seeds, run_protocol
+from medfm.evaluation.sources import feature_sources
+from medfm.evaluation.tasks import EvalTask, load_eval_rows
 from medfm.features.encoders import EvalEncoder, check_encoder_spec, resolve_encoder
-from medfm.heads.finetune import FineTuneClassifier, fine_tune
-from medfm.heads.soups import greedy_soup, uniform_soup
-from medfm.metrics.scores import auc
+from medfm.heads.registry import HEADS, check_heads, image_heads
 from medfm.tracking.base import Logger, NullLogger
 from medfm.train.pretrain import infer_channels
 
@@ -35,6 +87,28 @@ from medfm.train.pretrain import infer_channels
 def _data_cfg(rows: list[dict], cfg: DictConfig) -> DictConfig:
     """``data.*`` for architectures given by name, channels found from the first image."""
     return infer_channels(OmegaConf.merge(cfg, {"data": {"channels": None}}), rows).data
+
+
+def load_encoder_for(
+    encoder: str | os.PathLike | EvalEncoder,
+    rows: list[dict],
+    cfg: DictConfig,
+    weights: str | None = None,
+    image_size: int | None = None,
+    pooling: str | None = None,
+) -> EvalEncoder:
+    """The encoder of a spec (run folder, ``random:...``, ``timm:...``) for these rows, its
+    preprocessing checked against ``cfg.data`` and its pooling overridden by ``pooling``."""
+    if isinstance(encoder, EvalEncoder):
+        enc = encoder
+    else:
+        check_encoder_spec(str(encoder))
+        data_cfg = _data_cfg(rows, cfg)
+        enc = resolve_encoder(str(encoder), data_cfg, weights, image_size, int(cfg.seed), cfg.model)
+    check_same_preprocess(enc.cfg.data, cfg.data, enc.name)
+    if pooling:
+        enc.cfg.model.pooling = pooling
+    return enc
 
 
 def evaluate(
@@ -51,38 +125,23 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """Every head in ``eval.heads`` under every protocol in ``eval.protocols``, over
-    ``eval.seeds``, with the random-init and raw-pixel baselines; writes ``out_dir/metrics.json``,
-    ``metrics.md`` and plots and returns ``{head: {protocol: metrics}}``."""
-    if isinstance(encoder, os.PathLike):
-        encoder = str(encoder)
-    if isinstance(encoder, str):
-        check_encoder_spec(encoder)
-    logger, out_dir = logger or NullLogger(), S.ensure_dir(out_dir)
+    ``eval.seeds``, with the random-init and raw-pixel baselines; writes ``out_dir/metrics.json``
+    (schema above), ``metrics.md`` and plots and returns the metrics.
+
+    Features are cached in ``cache_dir`` (default ``out_dir/feature_cache``)."""
+    logger, out_dir = logger or NullLogger(), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    heads = [str(h) for h in cfg.eval.heads]
+    check_heads(heads)
+    if not isinstance(encoder, EvalEncoder):
+        check_encoder_spec(str(encoder))  # before any image is read
     rows = load_eval_rows(data)
     task = EvalTask.from_rows(rows)
-    enc = (
-        encoder
-        if isinstance(encoder, EvalEncoder)
-        else resolve_encoder(
-            encoder, _data_cfg(rows, cfg), weights, image_size, int(cfg.seed), cfg.model
-        )
-    )
-    check_same_preprocess(enc.cfg.data, cfg.data, enc.name)
-    if pooling:
-        enc.cfg.model.pooling = pooling
-    heads = [str(h) for h in cfg.eval.heads]
-    S.check_heads(heads)
-    protocols = S.protocols_of(cfg)
+    enc = load_encoder_for(encoder, rows, cfg, weights, image_size, pooling)
+    protocols = protocols_of(cfg.eval)
     dataset = build_dataset(rows, enc.cfg.data, progress=progress)
     cache = Path(cache_dir) if cache_dir else out_dir / "feature_cache"
-    sources = {"": S.cached_encoder_features(enc, rows, dataset, cache, progress)}
-    if cfg.eval.baselines and enc.twin is not None:
-        if enc.twin.cfg.model.pooling != enc.cfg.model.pooling:
-            enc.twin.cfg.model.pooling = enc.cfg.model.pooling
-        sources["random:"] = S.cached_encoder_features(enc.twin, rows, dataset, cache, progress)
-    pixels = S.pixel_features(dataset) if cfg.eval.baselines else None
-    if pixels is not None:
-        sources["pixels:"] = pixels
+    sources = feature_sources(enc, rows, dataset, bool(cfg.eval.baselines), cache, progress)
     logger.log_params(
         {
             "encoder": enc.name,
@@ -94,33 +153,43 @@ def evaluate(
         }
     )
     metrics, roc = _feature_rows(sources, heads, protocols, task, cfg, progress)
-    if any(h in heads for h in S.IMAGE_HEADS):
-        _image_rows(enc, dataset, task, heads, protocols, cfg, out_dir, metrics, roc)
-    S.log_nested(metrics, logger)
-    S.write_outputs(metrics, roc, out_dir, f"{enc.name} on {Path(data).name}", logger)
+    if any(h in heads for h in image_heads()):
+        more, more_roc = image_rows(enc, dataset, task, heads, protocols, cfg, out_dir)
+        metrics.update(more)
+        roc.update(more_roc)
+    log_nested(metrics, logger)
+    write_outputs(metrics, roc, out_dir, f"{enc.name} on {Path(data).name}", logger)
     return metrics
 
 
-def _feature_rows(sources, heads, protocols, task, cfg, progress):
-    metrics, roc = {}, {}
+def _feature_rows(
+    sources: dict[str, np.ndarray],
+    heads: list[str],
+    protocols: list[Protocol],
+    task: EvalTask,
+    cfg: DictConfig,
+    progress: bool,
+) -> tuple[dict, dict]:
+    """Rows of the feature heads on every source (``pixels:`` gets the linear probe only)."""
+    metrics: dict = {}
+    roc: dict = {}
     todo = [
         (prefix, h)
         for prefix in sources
         for h in heads
-        if h in S.FEATURE_HEADS and (prefix != "pixels:" or h == "linear")
+        if HEADS.get(h).trains_on == "features" and (prefix != "pixels:" or h == "linear")
     ]
-    bar = S.progress_bar(len(todo) * len(protocols), progress)
+    bar = tqdm(total=len(todo) * len(protocols), desc="evaluate", unit="run", disable=not progress)
     n_boot = int(cfg.eval.bootstrap)
     sources = {k: np.asarray(v, dtype=np.float64) for k, v in sources.items()}
     for prefix, head in todo:
         X = sources[prefix]
         for protocol in protocols:
-            seeds = S.n_seeds(head, protocol, int(cfg.eval.seeds))
-            result, first = S.run_protocol(
-                lambda fold, seed, h=head, X=X: S.fit_predict(h, X, task, fold, cfg, seed),
+            result, first = run_protocol(
+                lambda fold, seed, h=head, X=X: fit_predict(h, X, task, fold, cfg, seed),
                 task,
                 protocol,
-                seeds,
+                n_seeds(head, protocol, int(cfg.eval.seeds)),
                 n_boot,
             )
             metrics.setdefault(f"{prefix}{head}", {})[protocol.name] = result
@@ -129,112 +198,3 @@ def _feature_rows(sources, heads, protocols, task, cfg, progress):
             bar.update()
     bar.close()
     return metrics, roc
-
-
-def _image_rows(enc, dataset, task, heads, protocols, cfg, out_dir, metrics, roc) -> None:
-    """The finetune head per protocol and seed, and the soups of the full protocol's members."""
-    if task.multilabel:
-        raise ValueError("the finetune and soup heads need single-label classes")
-    runner = _FineTuner(enc, dataset, task, cfg, out_dir / "finetune")
-    n_boot = int(cfg.eval.bootstrap)
-    if "finetune" in heads:
-        for protocol in protocols:
-            seeds = S.n_seeds("finetune", protocol, int(cfg.eval.seeds))
-            result, first = S.run_protocol(
-                lambda fold, seed, p=protocol: runner.predict(p.name, fold, seed),
-                task,
-                protocol,
-                seeds,
-                n_boot,
-            )
-            metrics.setdefault("finetune", {})[protocol.name] = result
-            if protocol.name == "full":
-                roc["finetune"] = first
-    if "soup" in heads:
-        metrics.update(runner.soups(n_boot))
-
-
-class _FineTuner:
-    """Fine-tuning runs keyed by (protocol, fold, seed), shared by the finetune and soup heads."""
-
-    def __init__(self, enc: EvalEncoder, dataset, task: EvalTask, cfg: DictConfig, root: Path):
-        self.enc, self.dataset, self.task, self.cfg, self.root = enc, dataset, task, cfg, root
-        self.runs: dict[tuple, tuple[FineTuneClassifier, float]] = {}
-
-    def _folder(self, protocol: str, fold: Fold, seed: int) -> Path:
-        """Named after everything that defines the run (the engine resumes from that folder)."""
-        parts = [
-            self.enc.key,
-            OmegaConf.to_yaml(self.cfg.finetune),
-            str(self.task.classes),
-            fold.train.tobytes().hex(),
-            fold.val.tobytes().hex(),
-        ]
-        digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
-        where = fold.held_out or "all"
-        return self.root / f"{protocol.replace(':', '_')}-{where}-seed{seed}-{digest}"
-
-    def run(self, protocol: str, fold: Fold, seed: int):
-        key = (protocol, fold.held_out, seed)
-        if key not in self.runs:
-            folder = self._folder(protocol, fold, seed)
-            model, result = fine_tune(
-                self.enc.build,
-                self.dataset,
-                self.task.labels,
-                self.task.classes,
-                fold.train,
-                fold.val,
-                self.cfg.finetune,
-                str(self.enc.cfg.model.pooling),
-                seed,
-                folder,
-            )
-            self.runs[key] = (model, result.val_auc)
-        return self.runs[key]
-
-    def proba(self, model: FineTuneClassifier, idx: np.ndarray) -> np.ndarray:
-        chunks = [
-            model.predict_proba(stack_images(self.dataset, idx[i : i + 256]))
-            for i in range(0, len(idx), 256)
-        ]
-        return np.concatenate(chunks)
-
-    def predict(self, protocol: str, fold: Fold, seed: int):
-        model, _ = self.run(protocol, fold, seed)
-        return self.proba(model, fold.test), self.task.classes
-
-    def soups(self, n_boot: int) -> dict:
-        """``soup_uniform``, ``soup_greedy`` and ``finetune_best`` (best member on val) of
-        ``finetune.soup_size`` members fine-tuned on the full protocol with seeds 0, 1, ..."""
-        fold = self.task.folds(S.Protocol("full"), 0)[0]
-        if len(np.unique(self.task.labels[fold.val])) < 2:
-            raise ValueError(
-                "the soup head chooses members on the val split, which needs two or more "
-                "classes; add a val split to the data or drop soup from --heads"
-            )
-        members = [self.run("full", fold, s) for s in range(int(self.cfg.finetune.soup_size))]
-        states = [{k: v.clone() for k, v in m.state_dict().items()} for m, _ in members]
-        model = members[0][0]
-        y_val = self.task.labels[fold.val]
-
-        def val_auc(state) -> float:
-            model.load_state_dict(state)
-            return auc(y_val, self.proba(model, fold.val), self.task.classes)
-
-        best = int(np.nanargmax([v for _, v in members]))
-        greedy, kept = greedy_soup(states, val_auc)
-        out = {}
-        for name, state in (
-            ("finetune_best", states[best]),
-            ("soup_uniform", uniform_soup(states)),
-            ("soup_greedy", greedy),
-        ):
-            model.load_state_dict(state)
-            report = S.score_fold(
-                self.task, fold, self.proba(model, fold.test), self.task.classes, n_boot
-            )
-            out[name] = {"full": report | {"n_seeds": len(members), "val_auc": val_auc(state)}}
-        out["soup_greedy"]["full"]["members_kept"] = len(kept)
-        model.load_state_dict(states[0])
-        return out

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from medfm.io import write_text
 
 MISSING = "–"
 NOT_AVAILABLE = "n/a"
@@ -164,17 +165,5 @@ def write_metrics_markdown(
     path: str | os.PathLike,
     title: str = "Downstream evaluation",
 ) -> Path:
-    """Write :func:`metrics_markdown` to ``path`` atomically (temp file next to it + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = metrics_markdown(metrics, title=title)
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp"
-    ) as f:
-        f.write(text)
-    try:
-        os.replace(f.name, path)
-    except OSError:
-        os.unlink(f.name)
-        raise
-    return path
+    """Write :func:`metrics_markdown` to ``path`` atomically (:func:`medfm.io.write_text`)."""
+    return write_text(metrics_markdown(metrics, title=title), path)

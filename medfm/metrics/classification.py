@@ -1,10 +1,10 @@
 """Downstream classification metrics as pure functions of arrays.
 
 Beyond :func:`medfm.metrics.scores.auc` and :func:`~medfm.metrics.scores.accuracy`: balanced
-accuracy,
-macro F1, top-label expected calibration error, a (patient-)grouped percentile bootstrap CI of the
-AUC, multi-label AUC (ChestMNIST-like), ordinal metrics (RetinaMNIST-like) and one
-:func:`classification_report` that gathers them, with a per-center breakdown.
+accuracy, macro F1, top-label expected calibration error, a (patient-)grouped percentile bootstrap
+CI of the AUC (through :mod:`medfm.metrics.bootstrap`), multi-label AUC (ChestMNIST-like),
+ordinal metrics (RetinaMNIST-like) and one :func:`classification_report` that gathers them,
+with a per-center breakdown.
 
 Shapes: ``y_true (n,)`` labels; ``proba (n, n_classes)`` probabilities whose columns follow
 ``classes`` (``np.arange(n_classes)`` when not given), as a head's ``predict_proba`` returns them.
@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from medfm.metrics.bootstrap import check_bootstrap_args, grouped_bootstrap, resampling_units
 from medfm.metrics.scores import accuracy, auc
-
-_MAX_REDRAWS = 100  # rounds of redrawing single-class bootstrap resamples before giving up on them
-_CHUNK_CELLS = 2_000_000  # replicates x samples held at once by the vectorised bootstrap
-
 
 # ----------------------------------------------------------------------------- checks
 
@@ -163,7 +160,7 @@ def expected_calibration_error(
     return float(gap[count > 0].sum() / len(y_true))
 
 
-# ----------------------------------------------------------------------------- bootstrap
+# ----------------------------------------------------------------------------- AUC bootstrap
 
 
 def _weighted_binary_auc(weights: np.ndarray, positive: np.ndarray, score: np.ndarray):
@@ -204,14 +201,6 @@ def _weighted_auc(weights, y_true, proba, classes) -> np.ndarray:
         return np.where(single, np.nan, total / present)
 
 
-def _draw_weights(rng: np.random.Generator, units: np.ndarray, n_units: int, size: int):
-    """``(size, n)`` multiplicities of the samples when ``n_units`` units are drawn with
-    replacement ``size`` times; every sample of a unit (group) counts as often as its unit."""
-    draws = rng.integers(0, n_units, (size, n_units)) + n_units * np.arange(size)[:, None]
-    counts = np.bincount(draws.ravel(), minlength=size * n_units).reshape(size, n_units)
-    return counts[:, units]
-
-
 def bootstrap_auc_ci(
     y_true: np.ndarray,
     proba: np.ndarray,
@@ -222,14 +211,15 @@ def bootstrap_auc_ci(
     seed: int = 0,
 ) -> tuple[float, float]:
     """``(lo, hi)`` percentile bootstrap confidence interval (95 % by default) of
-    :func:`medfm.metrics.scores.auc` (Efron & Tibshirani 1993).
+    :func:`medfm.metrics.scores.auc`, by the one grouped bootstrap
+    (:func:`medfm.metrics.bootstrap.grouped_bootstrap`, Efron & Tibshirani 1993).
 
     Each of ``n_boot`` replicates draws, with replacement, as many units as there are: test
-    samples, or whole ``groups`` (e.g. patients) when given and some group holds more than one
-    sample -- images of one patient are not independent, and resampling them one by one would
-    give too narrow an interval. The AUC of each resample is computed for all replicates at
-    once from sample multiplicities (a weighted Mann-Whitney / mid-rank count, equal to
-    ``auc(y_true[idx], proba[idx])`` on the drawn indices), so 1000 replicates cost little.
+    samples, or whole ``groups`` (e.g. patients) when given -- images of one patient are not
+    independent, and resampling them one by one would give too narrow an interval. The AUC of
+    each resample is computed for all replicates at once from sample multiplicities (a weighted
+    Mann-Whitney / mid-rank count, equal to ``auc(y_true[idx], proba[idx])`` on the drawn
+    indices), so 1000 replicates cost little.
 
     A resample holding a single class has no AUC; such replicates are redrawn, up to 100 rounds
     (each round succeeds with probability at least 1/2 when units are single-class, so this cap
@@ -246,30 +236,15 @@ def bootstrap_auc_ci(
     y_true, proba, classes = _check_proba(y_true, proba, classes)
     _check_two_classes(y_true)
     groups = _check_per_sample(groups, len(y_true), "groups")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha={alpha!r} must lie in (0, 1), e.g. 0.05 for a 95 % interval")
-    if int(n_boot) != n_boot or n_boot < 1:
-        raise ValueError(f"n_boot={n_boot!r} must be a positive number of replicates")
-    units = np.arange(len(y_true))
-    if groups is not None:
-        group_units = np.unique(groups, return_inverse=True)[1].reshape(-1)
-        if group_units.max() + 1 < len(y_true):  # some group holds more than one sample
-            units = group_units
-    n_units = int(units.max()) + 1
-    rng = np.random.default_rng(seed)
-    stats = np.full(int(n_boot), np.nan)
-    todo = np.arange(int(n_boot))
-    chunk = max(1, _CHUNK_CELLS // len(y_true))
-    for _ in range(_MAX_REDRAWS):
-        for start in range(0, len(todo), chunk):
-            rows = todo[start : start + chunk]
-            weights = _draw_weights(rng, units, n_units, len(rows))
-            stats[rows] = _weighted_auc(weights, y_true, proba, classes)
-        todo = todo[np.isnan(stats[todo])]
-        if not len(todo):
-            break
-    lo, hi = np.quantile(stats[~np.isnan(stats)], [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+    check_bootstrap_args(n_boot, alpha)
+    units = resampling_units(len(y_true), groups)
+
+    def statistic(unit_counts: np.ndarray) -> np.ndarray:
+        return _weighted_auc(unit_counts[:, units], y_true, proba, classes)
+
+    return grouped_bootstrap(
+        statistic, units, n_boot=n_boot, alpha=alpha, seed=seed, redraw_undefined=True
+    )
 
 
 # ----------------------------------------------------------------------------- task-specific

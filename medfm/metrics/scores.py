@@ -43,6 +43,7 @@ def auc(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray | None = None
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Fraction of samples whose predicted label equals the true one."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if len(y_true) != len(y_pred):
         raise ValueError(f"labels ({len(y_true)}) and predictions ({len(y_pred)}) differ in length")

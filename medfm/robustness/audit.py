@@ -1,179 +1,131 @@
-"""``medfm robustness``: audit one or more encoders for center-versus-biology robustness.
+"""The robustness audit (``medfm robustness``, :func:`medfm.api.audit`): do encoders represent the
+medical center more than the biology?
 
-Embeddings (from encoders on a manifest, or given as ``.npz`` files) -> both robustness-index
-variants with a bootstrap CI, the RI-vs-k curve, center-vs-biology predictability, error
-attribution, a per-center-pair breakdown, APD and leave-one-center-out AUCs
-(:mod:`medfm.robustness.analyses`) -> ``robustness.json`` + the robustness card ``report.html``
-(:mod:`medfm.robustness.card`) -> MLflow. Following de Jong et al. 2025 ("Current Pathology
-Foundation
-Models are unrobust to Medical Center Differences") and PathoROB (Kömen et al. 2025).
+Embeddings (:mod:`medfm.robustness.inputs`: encoders on a manifest, or ``.npz`` files) -> both
+robustness-index variants with a bootstrap CI (:mod:`~medfm.robustness.index`), the RI-vs-k
+curve (:mod:`~medfm.robustness.k_selection`), center-vs-biology predictability
+(:mod:`~medfm.robustness.center_bio`), error attribution and the per-center-pair breakdown
+(:mod:`~medfm.robustness.attribution`), APD (:mod:`~medfm.robustness.apd`) and
+leave-one-center-out AUCs (:mod:`~medfm.robustness.loco`) -> ``robustness.json`` + the
+robustness card ``report.html`` (:mod:`~medfm.robustness.card`) -> MLflow. Following de Jong et
+al. 2025 ("Current Pathology Foundation Models are unrobust to Medical Center Differences") and
+PathoROB (Kömen et al. 2025).
+
+``robustness.json`` schema (every key always present; ``float`` values may be ``NaN`` or, for
+the ratio index, ``Infinity``; JSON object keys are strings, so ``k`` keys read ``"5"``)::
+
+    {
+      "title": str,
+      "dataset": {                              # of the first encoder's samples
+        "n_samples": int, "n_centers": int, "n_classes": int,
+        "centers": {center: int},               # samples per center
+        "classes": {class: int},                # samples per class
+      },
+      "chance": {"robustness_index": float, "robustness_index_normalized": float, "n": int},
+      "encoders": {
+        name: {
+          "k": int, "n": int,                   # neighbours per sample; samples audited
+          "robustness_index": float,            # ratio (de Jong et al. 2025) at k
+          "robustness_index_ci95": [float, float],
+          "robustness_index_normalized": float, # SO / (SO + OS) (PathoROB) at k
+          "robustness_index_normalized_ci95": [float, float],
+          "ri_curve": {k: float},               # ratio index at every k of 5, 10, 20, 50 and k
+          "ri_curve_normalized": {k: float},
+          "center_vs_bio": {                    # balanced accuracies and their chance levels
+            "knn" | "linear": {"center_accuracy": float, "bio_accuracy": float,
+                               "center_chance": float, "bio_chance": float},
+          },
+          "error_attribution": {                # errors of out-of-fold linear predictions
+            "fraction": float, "unsupported": float, "n_errors": int,
+            "per_center": {center: float}, "errors_per_center": {center: int},
+          },
+          "pairs": {                            # C sorted centers index the (C, C) lists
+            "centers": [str], "counts": [[int]], "same_bio": [[int]],
+            "fractions": [[float]], "expected": [[float]],
+          },
+          "apd": float | null,                  # average performance drop; null: no fold
+          "leave_one_center_out": {center: {"auc": float, "accuracy": float, "n": int}},
+        },
+      },
+    }
+
+The dict :func:`run_audit` returns has the same shape (``k`` keys as ``int``); the card also
+receives each encoder's ``embedding_2d``, ``bio`` and ``center`` lists for its maps.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import (
-    GroupShuffleSplit,
-    StratifiedGroupKFold,
-    StratifiedKFold,
-    cross_val_predict,
-)
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from omegaconf import DictConfig
 
-from medfm.evaluation.legacy_runner import write_json
-from medfm.features.neighbours import knn_search, max_neighbours
+from medfm.features.neighbours import max_neighbours
 from medfm.figures import pca_2d
-from medfm.heads.registry import LinearProbe
-from medfm.robustness import analyses as audit
+from medfm.io import write_json
+from medfm.robustness.apd import average_performance_drop
+from medfm.robustness.attribution import error_attribution, pair_breakdown
 from medfm.robustness.card import render_robustness_card
-from medfm.robustness.index import index_from_counts, neighbour_counts
+from medfm.robustness.center_bio import center_vs_bio, out_of_fold_predictions
+from medfm.robustness.checks import plain
+from medfm.robustness.index import bootstrap_ci, chance_level
+from medfm.robustness.inputs import AuditData, Weights, audit_data_from_encoders
+from medfm.robustness.k_selection import DEFAULT_KS, ri_curves, select_k
+from medfm.robustness.loco import leave_one_center_out
 from medfm.tracking.base import Logger, NullLogger
 
-K_GRID = (5, 10, 20, 50)
-
-
-@dataclasses.dataclass
-class AuditData:
-    """Embeddings ``(n, d)`` with the biological class, the center and optional groups."""
-
-    embeddings: np.ndarray
-    bio: np.ndarray
-    center: np.ndarray
-    groups: np.ndarray | None = None
-
-    @classmethod
-    def from_columns(
-        cls, embeddings, columns: Mapping[str, Sequence], bio: str, center: str, group: str | None
-    ) -> AuditData:
-        """Keep rows with a class and a center; ``columns`` maps column names to values."""
-        for name in (bio, center, *([group] if group else [])):
-            if name not in columns:
-                raise ValueError(f"column {name!r} not found; available: {sorted(columns)}")
-        b, c = np.asarray(columns[bio]).astype(str), np.asarray(columns[center]).astype(str)
-        keep = (b != "") & (c != "")
-        g = np.asarray(columns[group]).astype(str)[keep] if group else None
-        return cls(np.asarray(embeddings, dtype=np.float32)[keep], b[keep], c[keep], g)
-
-
-def chance_level(bio: np.ndarray, center: np.ndarray) -> dict[str, float]:
-    """Both indices when neighbours are drawn at random (class balance and center sizes set it)."""
-    n = len(bio)
-    _, b_idx, b_n = np.unique(bio, return_inverse=True, return_counts=True)
-    _, c_idx, c_n = np.unique(center, return_inverse=True, return_counts=True)
-    pair = np.zeros((len(b_n), len(c_n)))
-    np.add.at(pair, (b_idx, c_idx), 1)
-    same_bio = (b_n[b_idx] - 1).sum()
-    same_center = (c_n[c_idx] - 1).sum()
-    ss = (pair[b_idx, c_idx] - 1).sum()
-    so, os_ = same_bio - ss, same_center - ss
-    return {
-        "robustness_index": float(same_bio / max(same_center, 1)),
-        "robustness_index_normalized": float(so / max(so + os_, 1)),
-        "n": n,
-    }
-
-
-def _folds(data: AuditData, seed: int):
-    if data.groups is not None:
-        return StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(
-            data.embeddings, data.bio, data.groups
-        )
-    return StratifiedKFold(5, shuffle=True, random_state=seed).split(data.embeddings, data.bio)
-
-
-def out_of_fold_predictions(data: AuditData, seed: int = 0) -> np.ndarray:
-    """Each sample's class predicted by a linear probe that never saw it (or its patient)."""
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    return cross_val_predict(model, data.embeddings, data.bio, cv=list(_folds(data, seed)))
-
-
-def average_performance_drop(data: AuditData, seed: int = 0) -> float | None:
-    """APD over held-out centers: a probe trained on the other centers, tested in and out."""
-    drops = []
-    for held in np.unique(data.center):
-        inside = np.flatnonzero(data.center != held)
-        groups = data.groups[inside] if data.groups is not None else inside
-        split = GroupShuffleSplit(1, test_size=0.3, random_state=seed)
-        fit, test = next(split.split(inside, groups=groups))
-        fit, test, out = inside[fit], inside[test], np.flatnonzero(data.center == held)
-        if min(len(np.unique(data.bio[s])) for s in (fit, test, out)) < 2:
-            continue
-        head = LinearProbe().fit(data.embeddings[fit], data.bio[fit])
-        drops.append(
-            audit.performance_drop(
-                data.bio[test],
-                head.predict_proba(data.embeddings[test]),
-                data.bio[out],
-                head.predict_proba(data.embeddings[out]),
-                head.classes_,
-            )
-        )
-    return float(np.mean(drops)) if drops else None
+K_GRID = DEFAULT_KS
+CARD_ONLY = ("embedding_2d", "bio", "center")  # per-encoder keys for the card, not the JSON
 
 
 def _choose_k(data: AuditData, k: int | str) -> int:
     limit = max_neighbours(len(data.bio), data.groups)
     if k == "auto":
-        return audit.select_k(
-            data.embeddings, data.bio, [g for g in K_GRID if g <= limit], data.groups
-        )
+        return select_k(data.embeddings, data.bio, [g for g in K_GRID if g <= limit], data.groups)
     return min(int(k), limit)
 
 
 def audit_encoder(data: AuditData, k: int | str = 10, n_boot: int = 200, seed: int = 0) -> dict:
-    """Every robustness measure of one encoder's embeddings, in the robustness-card schema."""
+    """Every robustness measure of one encoder's embeddings: one ``encoders`` entry of the
+    schema above, plus the card-only ``embedding_2d``, ``bio`` and ``center``.
+
+    ``k="auto"`` picks the k of 5, 10, 20, 50 with the best biological kNN balanced accuracy
+    (:func:`medfm.robustness.k_selection.select_k`); a k above what every sample can reach
+    outside its group is lowered to that limit.
+    """
     k = _choose_k(data, k)
     args = (data.embeddings, data.bio, data.center)
-    ks = [g for g in sorted({*K_GRID, k}) if g <= max_neighbours(len(data.bio), data.groups)]
-    attribution = audit.error_attribution(
-        *args, out_of_fold_predictions(data, seed), k, data.groups
-    )
-    # one search at the largest k: neighbours at a smaller k are a prefix (ties go to the lower
-    # index), so both indices and both curves come from the same neighbour table
-    neighbours = knn_search(data.embeddings, max(ks), data.groups)[0]
-    curves = {
-        variant: {
-            g: index_from_counts(
-                neighbour_counts(neighbours[:, :g], data.bio, data.center), variant
-            )
-            for g in ks
-        }
-        for variant in ("ratio", "normalized")
-    }
+    limit = max_neighbours(len(data.bio), data.groups)
+    curves = ri_curves(*args, [g for g in sorted({*K_GRID, k}) if g <= limit], data.groups)
+    predicted = out_of_fold_predictions(data.embeddings, data.bio, data.groups, seed)
+    attribution = error_attribution(*args, predicted, k, data.groups)
     result = {"k": k, "n": len(data.bio)}
     for variant, key in (
         ("ratio", "robustness_index"),
         ("normalized", "robustness_index_normalized"),
     ):
         result[key] = curves[variant][k]
-        result[f"{key}_ci95"] = list(
-            audit.bootstrap_ci(*args, k, variant, data.groups, n_boot, seed)
-        )
-    result |= {
+        result[f"{key}_ci95"] = list(bootstrap_ci(*args, k, variant, data.groups, n_boot, seed))
+    return result | {
         "ri_curve": curves["ratio"],
         "ri_curve_normalized": curves["normalized"],
-        "center_vs_bio": _center_vs_bio(audit.center_vs_bio(*args, k, data.groups, seed), data),
+        "center_vs_bio": _center_vs_bio(center_vs_bio(*args, k, data.groups, seed), data),
         "error_attribution": {
             "fraction": attribution["center_attributed"],
             "n_errors": attribution["n_errors"],
             "unsupported": attribution["unsupported"],
             "per_center": {c: v["center_attributed"] for c, v in attribution["per_center"].items()},
+            "errors_per_center": {c: v["n_errors"] for c, v in attribution["per_center"].items()},
         },
-        "pairs": audit.pair_breakdown(*args, k, data.groups),
-        "apd": average_performance_drop(data, seed),
-        "leave_one_center_out": audit.leave_one_center_out(*args),
+        "pairs": pair_breakdown(*args, k, data.groups),
+        "apd": average_performance_drop(*args, data.groups, seed),
+        "leave_one_center_out": leave_one_center_out(*args),
         "embedding_2d": pca_2d(data.embeddings.astype(np.float64)).tolist(),
         "bio": data.bio.tolist(),
         "center": data.center.tolist(),
     }
-    return result
 
 
 def _center_vs_bio(scores: dict, data: AuditData) -> dict:
@@ -192,6 +144,18 @@ def _center_vs_bio(scores: dict, data: AuditData) -> dict:
     }
 
 
+def _dataset(data: AuditData) -> dict:
+    centers, per_center = np.unique(data.center, return_counts=True)
+    classes, per_class = np.unique(data.bio, return_counts=True)
+    return {
+        "n_samples": len(data.bio),
+        "n_centers": len(centers),
+        "n_classes": len(classes),
+        "centers": dict(zip(centers.tolist(), per_center.tolist(), strict=True)),
+        "classes": dict(zip(classes.tolist(), per_class.tolist(), strict=True)),
+    }
+
+
 def run_audit(
     datasets: Mapping[str, AuditData],
     out_dir: str | os.PathLike,
@@ -202,28 +166,26 @@ def run_audit(
     title: str = "",
     logger: Logger | None = None,
 ) -> dict:
-    """Audit every encoder; write ``robustness.json`` and ``report.html``; log to MLflow."""
+    """Audit every encoder of ``datasets`` (``{name: AuditData}``); write ``robustness.json``
+    (the schema above) and the card ``report.html`` to ``out_dir``; log ``robustness[/name]/
+    {ri_ratio, ri_normalized, k}`` and both files to ``logger``. Returns the JSON's content."""
+    if not datasets:
+        raise ValueError("no encoders to audit; pass at least one {name: AuditData}")
     logger, out_dir = logger or NullLogger(), Path(out_dir)
     first = next(iter(datasets.values()))
-    results = {
-        "title": title or "Robustness card",
-        "dataset": {
-            "n_samples": len(first.bio),
-            "n_centers": len(np.unique(first.center)),
-            "n_classes": len(np.unique(first.bio)),
-            "centers": dict(zip(*np.unique(first.center, return_counts=True), strict=True)),
-            "classes": dict(zip(*np.unique(first.bio, return_counts=True), strict=True)),
-        },
-        "chance": chance_level(first.bio, first.center),
-        "encoders": {name: audit_encoder(d, k, n_boot, seed) for name, d in datasets.items()},
-    }
-    results = _plain(results)
-    json_results = {
-        **results,
+    results = plain(
+        {
+            "title": title or "Robustness card",
+            "dataset": _dataset(first),
+            "chance": chance_level(first.bio, first.center),
+            "encoders": {name: audit_encoder(d, k, n_boot, seed) for name, d in datasets.items()},
+        }
+    )
+    json_results = results | {
         "encoders": {
-            name: {key: v for key, v in r.items() if key not in ("embedding_2d", "bio", "center")}
+            name: {key: v for key, v in r.items() if key not in CARD_ONLY}
             for name, r in results["encoders"].items()
-        },
+        }
     }
     paths = [
         write_json(json_results, out_dir / "robustness.json"),
@@ -247,66 +209,47 @@ def _metric_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "_-./" else "_" for ch in name)
 
 
-def _plain(value):
-    """numpy scalars and keys -> Python, so the results serialise as JSON."""
-    if isinstance(value, dict):
-        return {
-            str(_plain(k)) if not isinstance(k, int | str) else k: _plain(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _manifest_columns(rows: list[dict]) -> dict[str, list]:
-    names = {key for row in rows for key in row}
-    return {name: [row.get(name, "") for row in rows] for name in names}
-
-
-def audit_data_from_encoders(
+def audit_encoders(
     encoders: Sequence[str],
-    manifest: str | os.PathLike,
-    bio: str,
-    center: str,
-    group: str | None,
+    data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    bio: str = "label",
+    center: str = "center",
+    group: str | None = "patient",
+    k: int | str = 10,
+    n_boot: int = 200,
     seed: int = 0,
+    weights: Weights = None,
+    title: str = "",
+    logger: Logger | None = None,
     progress: bool = True,
-) -> dict[str, AuditData]:
-    """Embed the manifest with every encoder (``random:<dir>`` = random init of that design)."""
-    from medfm.data.ingestion.manifest import read_manifest
-    from medfm.evaluation.legacy_runner import encoder_features
+    cfg: DictConfig | None = None,
+    image_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Embed the manifest ``data`` with every encoder spec and :func:`run_audit` them.
 
-    rows = read_manifest(manifest)
-    columns = _manifest_columns(rows)
-    out = {}
-    for spec in encoders:
-        random_init = spec.startswith("random:")
-        path = spec.removeprefix("random:")
-        table, _ = encoder_features(
-            path, rows, random_init=random_init, seed=seed, progress=progress
-        )
-        name = ("random:" if random_init else "") + Path(path).resolve().name
-        out[name] = AuditData.from_columns(table.features, columns, bio, center, group)
-    return out
-
-
-def audit_data_from_npz(
-    paths: Sequence[str | os.PathLike], bio: str, center: str, group: str | None
-) -> dict[str, AuditData]:
-    """``.npz`` files holding ``embeddings`` ``(n, d)`` and one array per column."""
-    out = {}
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Embeddings file {path} does not exist")
-        with np.load(path, allow_pickle=False) as npz:
-            if "embeddings" not in npz.files:
-                raise ValueError(f"{path} has no 'embeddings' array; it has {npz.files}")
-            columns = {k: npz[k] for k in npz.files if k != "embeddings"}
-            out[path.stem] = AuditData.from_columns(npz["embeddings"], columns, bio, center, group)
-    return out
+    ``encoders`` are the specs ``medfm evaluate`` accepts (a ``medfm pretrain`` out_dir,
+    ``random:<dir or arch>``, ``timm:<name>`` with a local weights file); ``weights`` is one
+    file for every ``timm:`` spec or ``{spec: file}``. ``bio``, ``center`` and ``group`` name
+    manifest columns (``group=None``: no neighbour exclusion). ``cfg`` (a
+    :func:`medfm.config.load_config` result) gives ``data.*`` / ``model.*`` for architectures
+    named by spec; ``cache_dir`` holds the feature cache (default ``out_dir/feature_cache``).
+    Returns the ``robustness.json`` content (schema in this module's docstring).
+    """
+    cache = Path(cache_dir) if cache_dir else Path(out_dir) / "feature_cache"
+    datasets = audit_data_from_encoders(
+        encoders,
+        data,
+        bio,
+        center,
+        group,
+        seed,
+        progress,
+        weights=weights,
+        cfg=cfg,
+        image_size=image_size,
+        cache_dir=cache,
+    )
+    return run_audit(datasets, out_dir, k=k, n_boot=n_boot, seed=seed, title=title, logger=logger)

@@ -1,8 +1,9 @@
-"""The robustness card's figures, each returned as PNG bytes so the card can embed them inline.
+"""The robustness card's own figures, each returned as PNG bytes so the card can embed them inline.
 
-Every function takes plain data (mappings, lists, arrays) and returns ``bytes`` of a PNG image;
-nothing is written to disk. The PNGs carry no "Software" metadata, so the same data gives the same
-bytes on the same machine.
+Every function takes plain data (mappings, lists, arrays) and returns ``bytes`` of a PNG image
+(:func:`medfm.figures.figure_png`); nothing is written to disk. The PNGs carry no "Software"
+metadata, so the same data gives the same bytes on the same machine. The embedding map is the
+shared :func:`medfm.figures.embedding_map_figure`.
 
 Example:
     >>> png = ri_curve_plot({5: 1.4, 10: 1.2, 20: 1.1}, selected_k=10)
@@ -12,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 
@@ -23,16 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from medfm.figures import pca_2d  # noqa: E402
-
-_MAX_LEGEND = 12
-
-
-def _png(fig: plt.Figure, dpi: int = 100) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
-    plt.close(fig)
-    return buffer.getvalue()
+from medfm.figures import figure_png  # noqa: E402
 
 
 def _sorted_curve(curve: Mapping) -> tuple[list[int], list[float]]:
@@ -81,58 +72,7 @@ def ri_curve_plot(
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _png(fig)
-
-
-def _scatter_groups(
-    ax: plt.Axes, xy: np.ndarray, values: np.ndarray, name: str, palette: str
-) -> None:
-    groups = sorted(set(values.tolist()), key=str)
-    cmap = plt.get_cmap(palette if len(groups) <= 8 else "tab20")
-    for i, value in enumerate(groups):
-        keep = values == value
-        label = str(value) if i < _MAX_LEGEND else None
-        ax.scatter(xy[keep, 0], xy[keep, 1], s=8, alpha=0.7, color=cmap(i % cmap.N), label=label)
-    ax.set_title(f"coloured by {name}", fontsize=10)
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    suffix = f" (+{len(groups) - _MAX_LEGEND} more)" if len(groups) > _MAX_LEGEND else ""
-    ax.legend(fontsize=7, markerscale=1.5, title=f"{name}{suffix}", title_fontsize=7)
-
-
-def embedding_maps_plot(
-    points: np.ndarray | Sequence[Sequence[float]],
-    bio: Sequence,
-    center: Sequence,
-    *,
-    title: str = "",
-) -> bytes:
-    """Two scatter plots side by side: the same points coloured by center and by class.
-
-    ``points`` is ``(n, 2)`` map coordinates, or ``(n, d)`` embeddings with ``d > 2`` that are
-    projected on their first two principal components (:func:`medfm.figures.pca_2d`). ``bio``
-    and ``center`` are ``(n,)`` labels. Center on the left, because a map whose colours separate by
-    center rather than by class is the warning sign the card looks for.
-    """
-    xy = np.asarray(points, dtype=np.float64)
-    bio_arr, center_arr = np.asarray(bio), np.asarray(center)
-    if xy.ndim != 2 or xy.shape[1] < 2:
-        raise ValueError(f"points must have shape (n, 2) or (n, d > 2), got {xy.shape}")
-    if not len(xy) == len(bio_arr) == len(center_arr):
-        raise ValueError(
-            f"points ({len(xy)}), bio ({len(bio_arr)}) and center ({len(center_arr)}) "
-            "must have the same length"
-        )
-    if xy.shape[1] > 2:
-        xy = pca_2d(xy)
-    fig, axes = plt.subplots(1, 2, figsize=(9.2, 4.0), constrained_layout=True)
-    _scatter_groups(axes[0], xy, center_arr.astype(str), "center", "Set1")
-    _scatter_groups(axes[1], xy, bio_arr.astype(str), "class", "Dark2")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return _png(fig)
+    return figure_png(fig, dpi=100)
 
 
 def errors_by_center_plot(
@@ -170,4 +110,4 @@ def errors_by_center_plot(
     ax.grid(axis="y", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
-    return _png(fig)
+    return figure_png(fig, dpi=100)

@@ -10,13 +10,23 @@ patient, are excluded; ties are broken by the lower index, so results do not dep
 * ``"normalized"`` (PathoROB, Kömen et al. 2025): SO / (SO + OS), pooled over samples,
   where SO counts neighbours of the Same class from the Other center and OS neighbours of the
   Other class from the Same center. 0.5 is neutral, 1 fully robust.
+
+Both come from one neighbour counter (:func:`neighbour_counts`) and one formula
+(:func:`index_from_counts`), which also serve the bootstrap CI (:func:`bootstrap_ci`), the RI-vs-k
+curve (:mod:`medfm.robustness.k_selection`) and the chance level (:func:`chance_level`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from medfm.features.neighbours import knn_search
+from medfm.metrics.bootstrap import check_bootstrap_args, grouped_bootstrap, resampling_units
+from medfm.robustness.checks import check_groups, check_labels, check_variant
+
+COUNT_KEYS = ("same_bio", "same_center", "SS", "SO", "OS", "OO")
 
 
 def nearest_neighbours(
@@ -30,10 +40,10 @@ def nearest_neighbours(
     """``(n, k)`` indices of each sample's k most cosine-similar others, excluding its group.
 
     Exact search in row chunks, so memory is ``O(chunk * n)`` (see
-    :mod:`medfm.features.neighbours`). Ties go
-    to the lower index, so the result does not depend on the hardware, the chunk size, the
-    backend or the order of ties. ``backend`` is ``"auto"`` (faiss when installed, else torch),
-    ``"torch"`` or ``"faiss"``; both return the same neighbours.
+    :mod:`medfm.features.neighbours`). Ties go to the lower index, so the result does not depend
+    on the hardware, the chunk size, the backend or the order of ties. ``backend`` is ``"auto"``
+    (faiss when installed, else torch), ``"torch"`` or ``"faiss"``; both return the same
+    neighbours.
 
     Raises:
         ValueError: for NaN/Inf embeddings, ``k >= n``, or ``k`` above the number of samples
@@ -42,19 +52,40 @@ def nearest_neighbours(
     return knn_search(embeddings, k, groups, chunk=chunk, backend=backend)[0]
 
 
-def neighbour_counts(neighbours: np.ndarray, bio: np.ndarray, center: np.ndarray) -> dict[str, int]:
-    """Counts over all (sample, neighbour) pairs: same bio / same center, and SS, SO, OS, OO."""
+def neighbour_counts(
+    neighbours: np.ndarray, bio: np.ndarray, center: np.ndarray, *, per_sample: bool = False
+) -> dict:
+    """Counts over (sample, neighbour) pairs: same bio, same center, and SS, SO, OS, OO (Same or
+    Other class, then Same or Other center).
+
+    Totals over all pairs as ``int`` by default; with ``per_sample=True`` each key maps to the
+    ``(n,)`` int64 counts of each anchor's own neighbours instead (what the bootstrap reweights).
+    """
     bio, center = np.asarray(bio), np.asarray(center)
     same_bio = bio[neighbours] == bio[:, None]
     same_center = center[neighbours] == center[:, None]
-    return {
-        "same_bio": int(same_bio.sum()),
-        "same_center": int(same_center.sum()),
-        "SS": int((same_bio & same_center).sum()),
-        "SO": int((same_bio & ~same_center).sum()),
-        "OS": int((~same_bio & same_center).sum()),
-        "OO": int((~same_bio & ~same_center).sum()),
+    pairs = {
+        "same_bio": same_bio,
+        "same_center": same_center,
+        "SS": same_bio & same_center,
+        "SO": same_bio & ~same_center,
+        "OS": ~same_bio & same_center,
+        "OO": ~same_bio & ~same_center,
     }
+    if per_sample:
+        return {key: mask.sum(1, dtype=np.int64) for key, mask in pairs.items()}
+    return {key: int(mask.sum()) for key, mask in pairs.items()}
+
+
+def index_from_counts(counts: Mapping[str, float], variant: str = "ratio") -> float:
+    """The robustness index from :func:`neighbour_counts` totals (``inf`` for ``"ratio"`` without
+    same-center neighbours, ``nan`` for ``"normalized"`` when SO + OS is 0)."""
+    check_variant(variant)
+    if variant == "ratio":
+        same_center = counts["same_center"]
+        return float(counts["same_bio"] / same_center) if same_center else float("inf")
+    denom = counts["SO"] + counts["OS"]
+    return float(counts["SO"] / denom) if denom else float("nan")
 
 
 def robustness_index(
@@ -81,72 +112,77 @@ def robustness_index(
             lengths; a single center or a single class (the index is then meaningless); NaN/Inf
             embeddings; ``k >= n`` or ``k`` above the samples outside some sample's group.
     """
-    _check_variant(variant)
-    bio, center = _check_labels(embeddings, bio, center)
+    check_variant(variant)
+    bio, center = check_labels(embeddings, bio, center)
     counts = neighbour_counts(nearest_neighbours(embeddings, k, groups), bio, center)
     return index_from_counts(counts, variant)
 
 
-def index_from_counts(counts: dict[str, int], variant: str = "ratio") -> float:
-    """The robustness index from :func:`neighbour_counts` (``inf`` / ``nan`` when undefined)."""
-    if variant == "ratio":
-        return counts["same_bio"] / counts["same_center"] if counts["same_center"] else float("inf")
-    if variant == "normalized":
-        denom = counts["SO"] + counts["OS"]
-        return counts["SO"] / denom if denom else float("nan")
-    raise ValueError(f"variant={variant!r}: use 'ratio' or 'normalized'")
+def bootstrap_ci(
+    embeddings: np.ndarray,
+    bio: np.ndarray,
+    center: np.ndarray,
+    k: int = 10,
+    variant: str = "ratio",
+    groups: np.ndarray | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+    *,
+    alpha: float = 0.05,
+    backend: str = "auto",
+) -> tuple[float, float]:
+    """``(lo, hi)`` percentile bootstrap confidence interval (95 % by default) of the robustness
+    index (``variant`` ``"ratio"``, de Jong et al. 2025, or ``"normalized"``, PathoROB), by the
+    one grouped bootstrap (:func:`medfm.metrics.bootstrap.grouped_bootstrap`).
+
+    The neighbours are computed ONCE, on all samples. Each of the ``n_boot`` replicates then
+    resamples the anchors: it draws units with replacement -- whole ``groups`` (patients) when
+    given, else single samples -- and counts each anchor's k neighbours as many times as its unit
+    was drawn. The neighbourhoods themselves are not recomputed on the resampled set, so the
+    interval reflects which samples (patients) were audited, not how a smaller or duplicated set
+    would re-arrange the neighbours; this keeps 200 replicates cheap at 1M samples.
+
+    Replicates where the index is undefined (``nan``) are dropped; when some are infinite the
+    quantiles are taken without interpolation (``method="inverted_cdf"``).
+    """
+    check_variant(variant)
+    bio, center = check_labels(embeddings, bio, center)
+    groups = check_groups(groups, len(bio))
+    check_bootstrap_args(n_boot, alpha)
+    neighbours = knn_search(embeddings, k, groups, backend=backend)[0]
+    units = resampling_units(len(bio), groups)
+    per_anchor = neighbour_counts(neighbours, bio, center, per_sample=True)
+    n_units = int(units.max()) + 1
+    per_unit = np.stack([np.bincount(units, per_anchor[key], n_units) for key in COUNT_KEYS], 1)
+
+    def statistic(unit_counts: np.ndarray) -> np.ndarray:
+        totals = unit_counts @ per_unit  # (B, 6) pooled counts of each replicate
+        return np.array(
+            [index_from_counts(dict(zip(COUNT_KEYS, row, strict=True)), variant) for row in totals]
+        )
+
+    return grouped_bootstrap(statistic, units, n_boot=n_boot, alpha=alpha, seed=seed)
 
 
-def _check_variant(variant: str) -> None:
-    if variant not in ("ratio", "normalized"):
-        raise ValueError(f"variant={variant!r}: use 'ratio' or 'normalized'")
+def chance_level(bio: np.ndarray, center: np.ndarray) -> dict[str, float]:
+    """Both indices when the neighbours are drawn at random (every other sample equally likely):
+    the class balance and the center sizes alone set them, so an encoder at or below this level
+    has not organised its embedding by biology (de Jong et al. 2025; PathoROB).
 
-
-def _check_labels(
-    embeddings, bio, center=None, *, bio_name: str = "bio"
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """``bio`` (and ``center``) as 1-D arrays, one per row of ``embeddings``, each with at least
-    two distinct values: the index compares same- with other-class and -center neighbours."""
-    n = len(embeddings)
-    bio = np.asarray(bio)
-    center = None if center is None else np.asarray(center)
-    lengths = {"embeddings": n, bio_name: len(bio)}
-    if center is not None:
-        lengths["center"] = len(center)
-    if len(set(lengths.values())) > 1 or bio.ndim != 1 or (center is not None and center.ndim != 1):
-        names = ", ".join(f"{name} ({size})" for name, size in lengths.items())
-        raise ValueError(f"{names} must have the same length; pass one 1-D label per embedding row")
-    checks = ((bio_name, bio, "classes"), ("center", center, "centers"))
-    for name, values, what in checks:
-        if values is not None and len(np.unique(values)) < 2:
-            if not len(values):
-                raise ValueError(f"{name} is empty; pass the labels of at least two samples")
-            only = values[0].item() if isinstance(values[0], np.generic) else values[0]
-            raise ValueError(
-                f"{name} has a single value ({only!r} for all {n} samples); the "
-                f"robustness analyses compare neighbours across {what} and need at least two"
-            )
-    return bio, center
-
-
-_AUDIT_NAMES = (
-    "select_k",
-    "ri_curve",
-    "bootstrap_ci",
-    "center_vs_bio",
-    "error_attribution",
-    "pair_breakdown",
-    "performance_drop",
-    "leave_one_center_out",
-)
-
-
-def __getattr__(name: str):
-    """The audit analyses (:mod:`medfm.robustness.analyses`) are reachable from here too, lazily,
-    since
-    ``audit`` itself builds on this module."""
-    if name in _AUDIT_NAMES:
-        from medfm.robustness import analyses as audit
-
-        return getattr(audit, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    Returns ``{"robustness_index", "robustness_index_normalized", "n"}``.
+    """
+    bio, center = np.asarray(bio), np.asarray(center)
+    _, b_idx, b_n = np.unique(bio, return_inverse=True, return_counts=True)
+    _, c_idx, c_n = np.unique(center, return_inverse=True, return_counts=True)
+    b_idx, c_idx = b_idx.reshape(-1), c_idx.reshape(-1)
+    pair = np.zeros((len(b_n), len(c_n)))
+    np.add.at(pair, (b_idx, c_idx), 1)
+    same_bio, same_center = (b_n[b_idx] - 1).sum(), (c_n[c_idx] - 1).sum()
+    ss = (pair[b_idx, c_idx] - 1).sum()
+    counts = {"same_bio": same_bio, "same_center": same_center, "SO": same_bio - ss}
+    counts["OS"] = same_center - ss
+    return {
+        "robustness_index": index_from_counts(counts, "ratio"),
+        "robustness_index_normalized": index_from_counts(counts, "normalized"),
+        "n": len(bio),
+    }

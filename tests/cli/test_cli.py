@@ -61,3 +61,18 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
         == 2
     )
     assert "No encoder artifact" in capsys.readouterr().err
+
+
+def test_evaluate_heads_default_is_the_config_default_and_help_lists_the_registry():
+    from medfm.cli.evaluate_cmd import _evaluate_config
+    from medfm.config import DEFAULTS
+    from medfm.heads.registry import HEADS
+
+    base = ["evaluate", "--encoder", "enc", "--data", "d.csv", "--out", "o", "--no-tracking"]
+    cfg, _ = _evaluate_config(build_parser().parse_args(base))
+    assert list(cfg.eval.heads) == DEFAULTS["eval"]["heads"]
+    cfg, _ = _evaluate_config(build_parser().parse_args([*base, "--heads", "gda,mlp"]))
+    assert list(cfg.eval.heads) == ["gda", "mlp"]
+    text = " ".join(_subparsers(build_parser())["evaluate"].format_help().split())
+    assert f"eval.heads of the config, {','.join(DEFAULTS['eval']['heads'])}" in text
+    assert all(name in text for name in HEADS.names())

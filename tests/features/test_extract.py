@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from medfm.evaluation.suite import pixel_features
+from medfm.evaluation.sources import pixel_features
 from medfm.features.extract import extract_features
 from medfm.models.backbones import build_backbone, encode
 

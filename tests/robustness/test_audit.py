@@ -1,12 +1,14 @@
-"""``medfm robustness`` end to end on embeddings files: JSON, card, comparison of encoders."""
+"""``medfm robustness`` end to end: on embeddings files and on a manifest embedded by a timm
+encoder from a local weights file; JSON, card, comparison of encoders."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 
 from medfm.cli.main import main
-from medfm.robustness.audit import AuditData, chance_level, run_audit
+from medfm.robustness.audit import AuditData, run_audit
 from medfm.robustness.index import robustness_index
 
 
@@ -20,14 +22,6 @@ def _clustered(by: str, seed: int = 0, n_per: int = 12):
     emb = means[key] + rng.normal(size=(len(bio), 16))
     patient = np.arange(len(bio)) // 2  # pairs of samples share a patient
     return emb.astype(np.float32), bio.astype(str), np.array([f"c{c}" for c in center]), patient
-
-
-def test_chance_level_by_hand():
-    # 2 classes x 2 centers, one sample each: same bio 1 per sample, same center 1 per sample
-    chance = chance_level(np.array(["a", "a", "b", "b"]), np.array(["x", "y", "x", "y"]))
-    assert chance["robustness_index"] == 1.0
-    # SO: same class other center = 1 per sample (4); OS: other class same center = 4
-    assert chance["robustness_index_normalized"] == 0.5
 
 
 def test_run_audit_ranks_a_biology_encoder_above_a_center_encoder(tmp_path):
@@ -101,3 +95,52 @@ def test_cli_on_embeddings_files(tmp_path, capsys):
                 "--no-tracking",
             ]
         )
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    from medfm.data.ingestion.ingest import ingest
+    from medfm.data.synthetic import SyntheticSpec, write_dataset
+
+    root = tmp_path_factory.mktemp("audit")
+    labels = write_dataset(root / "d", SyntheticSpec(cases_per_center=4, images_per_case=2))
+    return ingest([root / "d" / "raw"], root / "i", labels=labels, salt="s", progress=False)
+
+
+def test_cli_audits_a_timm_encoder_from_a_local_weights_file(manifest, tmp_path, capsys):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    name = "vit_tiny_patch16_224"
+    source = timm.create_model(name, pretrained=False, num_classes=0, img_size=32, in_chans=1)
+    weights = tmp_path / "vit_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
+    out = tmp_path / "out"
+    argv = ["robustness", "--encoder", f"timm:{name}", "--weights", str(weights)]
+    argv += ["--data", str(manifest.manifest), "--image-size", "32", "--out", str(out)]
+    argv += ["--no-tracking", "--no-progress", "robustness.k=5", "eval.bootstrap=20"]
+    assert main(argv) == 0
+    assert f"timm:{name}: RI" in capsys.readouterr().out
+    results = json.loads((out / "robustness.json").read_text())
+    assert list(results["encoders"]) == [f"timm:{name}"]
+    enc = results["encoders"][f"timm:{name}"]
+    assert enc["k"] == 5  # from the robustness.k override
+    assert enc["n"] == results["dataset"]["n_samples"] == 24  # 3 centers x 4 patients x 2
+    assert results["dataset"]["n_centers"] == 3
+    assert math.isfinite(enc["robustness_index"]) and enc["robustness_index"] > 0
+    assert 0 <= enc["robustness_index_normalized"] <= 1
+    lo, hi = enc["robustness_index_ci95"]
+    assert lo <= enc["robustness_index"] <= hi
+    assert sorted(int(k) for k in enc["ri_curve"]) == [5, 10, 20]  # 22 neighbours outside a patient
+    assert (out / "report.html").is_file() and len(list((out / "feature_cache").iterdir())) == 1
+    # an option beats the override; the cached features are reused
+    assert main([*argv[:-2], "--k", "3", "--bootstrap", "10", "--out", str(tmp_path / "o2")]) == 0
+    again = json.loads((tmp_path / "o2" / "robustness.json").read_text())
+    assert again["encoders"][f"timm:{name}"]["k"] == 3
+
+
+def test_cli_refuses_a_timm_encoder_without_weights(manifest, tmp_path):
+    argv = ["robustness", "--encoder", "timm:vit_tiny_patch16_224", "--data"]
+    argv += [str(manifest.manifest), "--out", str(tmp_path), "--no-tracking"]
+    with pytest.raises(ValueError, match="needs local weights"):
+        main(argv)

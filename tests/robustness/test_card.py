@@ -1,4 +1,5 @@
-"""Tests for medfm.robustness.card (the HTML robustness card) and medfm.robustness.card_plots."""
+"""Tests for medfm.robustness.card (the HTML robustness card), its sections
+(medfm.robustness.card_sections) and medfm.robustness.card_plots."""
 
 import base64
 import json
@@ -8,8 +9,9 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
+from medfm.figures import embedding_map_figure, figure_png
 from medfm.robustness.card import render_robustness_card
-from medfm.robustness.card_plots import embedding_maps_plot, errors_by_center_plot, ri_curve_plot
+from medfm.robustness.card_plots import errors_by_center_plot, ri_curve_plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 VOID = {"meta", "img", "br", "hr", "link", "input"}
@@ -161,9 +163,9 @@ def test_card_names_the_encoder_whose_data_is_malformed(tmp_path):
 def test_plots_return_png_bytes():
     for png in (
         ri_curve_plot({"5": 1.2, "10": float("inf")}, selected_k=10),
-        embedding_maps_plot([[0, 0], [1, 0], [0, 1]], bio=[0, 1, 0], center=["a", "b", "b"]),
+        figure_png(embedding_map_figure([[0, 0], [1, 0], [0, 1]], [0, 1, 0], ["a", "b", "b"])),
         errors_by_center_plot({"a": 0.2, "b": 0.6}, overall=0.4, counts={"a": 3}),
     ):
         assert isinstance(png, bytes) and png.startswith(PNG_MAGIC)
     with pytest.raises(ValueError, match="same length"):
-        embedding_maps_plot(np.zeros((3, 2)), bio=[0, 1], center=[0, 1, 2])
+        embedding_map_figure(np.zeros((3, 2)), bio=[0, 1], center=[0, 1, 2])

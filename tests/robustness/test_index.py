@@ -1,11 +1,19 @@
-"""Tests for medfm.robustness.index: neighbours, neighbour counts and the robustness index."""
+"""Tests for medfm.robustness.index: neighbours, neighbour counts, the robustness index, its
+bootstrap CI and its chance level."""
 
 import math
 
 import numpy as np
 import pytest
 
-from medfm.robustness.index import nearest_neighbours, neighbour_counts, robustness_index
+from medfm.robustness.index import (
+    bootstrap_ci,
+    chance_level,
+    index_from_counts,
+    nearest_neighbours,
+    neighbour_counts,
+    robustness_index,
+)
 
 
 def unit(*degrees):
@@ -238,3 +246,71 @@ def test_robustness_index_rejects_k_not_below_n():
 def test_robustness_index_rejects_an_unknown_variant():
     with pytest.raises(ValueError, match="variant='pathorob'"):
         robustness_index(EMB, BIO, CENTER, k=1, variant="pathorob")
+
+
+# ------------------------------------------------------------------- one counter, one formula
+
+
+@pytest.mark.parametrize(("k", "totals"), [(1, K1), (2, K2)])
+def test_per_sample_counts_add_up_to_the_totals(k, totals):
+    per_sample = neighbour_counts(nearest_neighbours(EMB, k), BIO, CENTER, per_sample=True)
+    assert {key: int(v.sum()) for key, v in per_sample.items()} == totals
+    # anchor 7 (B c2) at k=1 has neighbour 3 (A c2): other class, same center
+    assert [int(per_sample[key][7]) for key in ("same_bio", "same_center", "OS")] == [0, 1, 1]
+
+
+def test_index_from_counts_when_undefined():
+    none = {"same_bio": 3, "same_center": 0, "SO": 0, "OS": 0}
+    assert index_from_counts(none, "ratio") == math.inf
+    assert math.isnan(index_from_counts(none, "normalized"))
+    with pytest.raises(ValueError, match="variant='x'"):
+        index_from_counts(K1, "x")
+
+
+def test_chance_level_by_hand():
+    # 2 classes x 2 centers, one sample each: same bio 1 per sample, same center 1 per sample
+    chance = chance_level(np.array(["a", "a", "b", "b"]), np.array(["x", "y", "x", "y"]))
+    assert chance["robustness_index"] == 1.0
+    # SO: same class other center = 1 per sample (4); OS: other class same center = 4
+    assert chance["robustness_index_normalized"] == 0.5
+    # 3 of class a in center x, 1 of b in y: same bio 3 * 2 = 6 pairs, same center 6, SS 6
+    lopsided = chance_level(np.array(["a", "a", "a", "b"]), np.array(["x", "x", "x", "y"]))
+    assert lopsided["robustness_index"] == 1.0 and math.isnan(
+        lopsided["robustness_index_normalized"]
+    )
+
+
+# ------------------------------------------------------------------------------ bootstrap
+
+
+def test_bootstrap_ci_of_a_symmetric_case_is_a_point():
+    # Three pairs 10 degrees apart, each pair one class and two centers, pairs far apart: every
+    # anchor's nearest neighbour is its partner (same class, other center): SO 1, OS 0 for all,
+    # so every replicate has normalized index 1 and ratio inf.
+    emb = unit(0, 10, 120, 130, 240, 250)
+    bio, center = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 0, 1, 0, 1])
+    assert bootstrap_ci(emb, bio, center, k=1, variant="normalized") == (1.0, 1.0)
+    assert bootstrap_ci(emb, bio, center, k=1, variant="ratio") == (math.inf, math.inf)
+
+
+@pytest.mark.parametrize("variant", ["ratio", "normalized"])
+def test_bootstrap_ci_contains_the_estimate_and_narrows_with_more_samples(variant, clustered):
+    widths = []
+    for n, n_patients in [(200, 40), (3200, 640)]:
+        emb, bio, center, patient = clustered(1, n=n, n_patients=n_patients)
+        estimate = robustness_index(emb, bio, center, k=10, variant=variant, groups=patient)
+        lo, hi = bootstrap_ci(emb, bio, center, k=10, variant=variant, groups=patient, seed=3)
+        assert lo <= estimate <= hi
+        widths.append(hi - lo)
+    # 16x the patients: the width shrinks about 4x (1/sqrt(n)); ask for at least 2x
+    assert widths[1] < widths[0] / 2
+
+
+def test_bootstrap_ci_repeats_with_a_seed_and_resamples_groups_as_units(clustered):
+    emb, bio, center, _ = clustered(2)
+    first = bootstrap_ci(emb, bio, center, k=5, n_boot=50, seed=7)
+    assert bootstrap_ci(emb, bio, center, k=5, n_boot=50, seed=7) == first
+    assert bootstrap_ci(emb, bio, center, k=5, n_boot=50, seed=8) != first
+    # one sample per group (numbered in sample order): resampling groups is resampling samples
+    singletons = 100 + np.arange(len(bio))
+    assert bootstrap_ci(emb, bio, center, k=5, groups=singletons, n_boot=50, seed=7) == first
