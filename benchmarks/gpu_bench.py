@@ -17,14 +17,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from medfm.config import load_config
-from medfm.models.backbones import build_backbone
+from medfm.models.backbones import create_backbone
 from medfm.ssl.mae import MAE
 from medfm.train.flops import matmul_rate
 
 
 def _mae(name: str, size: int, depth_size: int | None) -> MAE:
     cfg = load_config(None, [f"model.name={name}", "model.patch_size=16", "model.depth=null"])
-    encoder = build_backbone(cfg.model, size, 1 if depth_size else 3, depth_size)
+    encoder = create_backbone(cfg.model, size, 1 if depth_size else 3, depth_size)
     return MAE(encoder, mask_ratio=0.75, decoder_dim=512, decoder_depth=8, decoder_heads=16)
 
 

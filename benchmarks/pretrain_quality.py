@@ -1,9 +1,10 @@
 """Does pre-training learn something? Linear-probe test AUC on a MedMNIST file, over seeds.
 
 For each seed: pre-train with a recipe (default configs/pretrain/medmnist_2d.yaml) for a time
-budget, then fit the linear probe (C chosen on val) on frozen features and report test AUC for
-(1) the pre-trained encoder, (2) the same architecture at random initialisation, and (3) a
-logistic regression on standardised raw pixels, all in the same run.
+budget, then run ``medfm evaluate``'s one pipeline (:func:`medfm.evaluation.run.evaluate`, head
+``linear`` with C chosen on val, protocol ``full``) and report the test AUC of (1) the pre-trained
+encoder, (2) its random-init twin (the same architecture) and (3) the raw-pixel linear baseline,
+all from the same ``metrics.json``.
 
     python benchmarks/pretrain_quality.py --data ../shared/data/breastmnist.npz --minutes 10 \
         --seeds 0 1 2
@@ -28,26 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from medfm.config import load_config
-from medfm.data.sources.medmnist import medmnist_rows
-from medfm.evaluation.legacy import FeatureTable, evaluate_heads
-from medfm.evaluation.legacy_runner import encoder_features
+from medfm.evaluation.run import evaluate
 from medfm.train.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _probe(table: FeatureTable, cfg) -> float:
-    return evaluate_heads(table, cfg.eval)["linear"]["test_auc"]
-
-
-def _raw_pixels(data: Path, rows: list[dict], cfg) -> float:
-    npz = np.load(data)
-    images = {
-        s: npz[f"{s}_images"].reshape(len(npz[f"{s}_images"]), -1) / 255.0
-        for s in ("train", "val", "test")
-    }
-    feats = np.concatenate([images["train"], images["val"], images["test"]]).astype(np.float32)
-    return _probe(FeatureTable.from_rows(feats, rows), cfg)
+ROWS = {"pretrained": "linear", "random init": "random:linear", "raw pixels": "pixels:linear"}
 
 
 def main() -> None:
@@ -61,9 +47,6 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data.is_file():
         raise SystemExit(f"{args.data} not found (see shared/data/README.md)")
-    rows = medmnist_rows(args.data)
-    for row in rows:
-        row.update(patient=row["path"], center="")
     results: dict[str, list[float]] = {"pretrained": [], "random init": [], "raw pixels": []}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
@@ -83,17 +66,16 @@ def main() -> None:
             start = time.perf_counter()
             _, result = pretrain(cfg)
             minutes = (time.perf_counter() - start) / 60
-            trained, _ = encoder_features(out, rows, progress=False)
-            random, _ = encoder_features(out, rows, random_init=True, seed=seed, progress=False)
-            results["pretrained"].append(_probe(trained, cfg))
-            results["random init"].append(_probe(random, cfg))
+            eval_cfg = load_config(None, [f"seed={seed}", "eval.heads=[linear]", "eval.seeds=1"])
+            metrics = evaluate(out, args.data, eval_cfg, out / "eval", progress=False)
+            for name, row in ROWS.items():
+                results[name].append(metrics[row]["full"]["test_auc"])
             print(
                 f"seed {seed}: {result.steps} steps in {minutes:.1f} min; linear AUC "
                 f"pretrained {results['pretrained'][-1]:.3f}, "
                 f"random init {results['random init'][-1]:.3f}",
                 flush=True,
             )
-        results["raw pixels"] = [_raw_pixels(args.data, rows, cfg)]
     for name, values in results.items():
         print(
             f"{name:12} linear-probe test AUC {np.mean(values):.3f} ± {np.std(values):.3f} "

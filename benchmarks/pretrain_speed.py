@@ -18,7 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from medfm.config import load_config
-from medfm.models.backbones import build_backbone
+from medfm.models.backbones import create_backbone
 from medfm.ssl.mae import MAE
 from medfm.ssl.patches import patchify
 from medfm.train.flops import matmul_rate
@@ -52,7 +52,7 @@ def _model(cls, img: int, channels: int):
         None, ["model.name=vit_small_patch16_224", "model.patch_size=16", "model.depth=null"]
     )
     mae = cls(
-        build_backbone(cfg.model, img, channels),
+        create_backbone(cfg.model, img, channels),
         mask_ratio=0.75,
         decoder_dim=256,
         decoder_depth=2,

@@ -36,7 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 from medfm.config import load_config  # noqa: E402
 from medfm.data.synthetic import _PROFILES, apply_center  # noqa: E402
 from medfm.io import write_json  # noqa: E402
-from medfm.models import build_backbone, encode, load_encoder  # noqa: E402
+from medfm.models import create_backbone, encode, load_encoder  # noqa: E402
 from medfm.robustness.card import render_robustness_card  # noqa: E402
 from medfm.robustness.index import robustness_index  # noqa: E402
 
@@ -93,7 +93,7 @@ def build_encoder(encoder_dir: str | None, seed: int) -> tuple[torch.nn.Module, 
         model, cfg = load_encoder(encoder_dir)
     else:
         cfg = load_config(None, ["data.image_size=28", "model.patch_size=4"])
-        model = build_backbone(cfg.model, cfg.data.image_size, cfg.data.channels)
+        model = create_backbone(cfg.model, cfg.data.image_size, cfg.data.channels)
     if str(cfg.model.name).startswith("vit3d"):
         sys.exit(f"{encoder_dir}: a 3D encoder ({cfg.model.name}); this benchmark needs a 2D one")
     return model.eval(), int(cfg.data.image_size), int(cfg.data.channels), str(cfg.model.pooling)

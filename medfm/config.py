@@ -124,7 +124,7 @@ DEFAULTS: dict[str, Any] = {
         "heads": ["linear", "knn"],
         "knn_k_grid": [5, 10, 20],
         "linear_c_grid": [0.01, 0.1, 1.0, 10.0],
-        "batch_size": 128,
+        "batch_size": 128,  # images per feature-extraction batch
         "protocols": ["full"],  # full | fewshot:K[,K..] | fraction:F[,F..] | loco
         "seeds": 1,  # repetitions of resampled protocols (and fine-tuning), as mean ± std
         "baselines": True,  # random-init twin and raw-pixel logistic regression in each table

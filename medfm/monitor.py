@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from medfm.data.datasets import build_dataset, rows_for_split
 from medfm.features.extract import extract_features
-from medfm.heads.registry import KNNHead
+from medfm.heads.knn import KNNHead
 from medfm.robustness.index import robustness_index
 from medfm.train.distributed import DistInfo
 

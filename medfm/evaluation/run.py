@@ -141,7 +141,9 @@ def evaluate(
     protocols = protocols_of(cfg.eval)
     dataset = build_dataset(rows, enc.cfg.data, progress=progress)
     cache = Path(cache_dir) if cache_dir else out_dir / "feature_cache"
-    sources = feature_sources(enc, rows, dataset, bool(cfg.eval.baselines), cache, progress)
+    sources = feature_sources(
+        enc, rows, dataset, bool(cfg.eval.baselines), cache, progress, int(cfg.eval.batch_size)
+    )
     logger.log_params(
         {
             "encoder": enc.name,

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from medfm.config import DEFAULTS
-from medfm.models.backbones import build_backbone, load_local_weights
+from medfm.models.backbones import create_backbone, load_local_weights
 from medfm.models.encoder_io import CONFIG, WEIGHTS, load_encoder
 
 
@@ -83,11 +83,11 @@ def _from_arch(
 
     def build() -> nn.Module:
         torch.manual_seed(seed)
-        return build_backbone(
+        return create_backbone(
             cfg.model, cfg.data.image_size, cfg.data.channels, cfg.data.get("depth_size")
         )
 
-    build()  # fail now, with build_backbone's message, on an unknown name
+    build()  # fail now, with create_backbone's message, on an unknown name
     return EvalEncoder(spec, build, cfg, _digest("arch", arch, seed, cfg.model))
 
 

@@ -7,6 +7,8 @@ mixed manifests are embedded in their order without padding.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from monai.data import Dataset
@@ -14,6 +16,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medfm.data.datasets import load_image
+from medfm.features.cache import cached_features, feature_key
+from medfm.features.encoders import EvalEncoder
 from medfm.models.backbones import encode
 
 
@@ -44,3 +48,29 @@ def extract_features(
     if batch:
         flush()
     return np.concatenate(chunks)
+
+
+DATA_KEYS = ("image_size", "channels", "intensity_min", "intensity_max", "depth_size")
+
+
+def encoder_features(
+    enc: EvalEncoder,
+    rows: list[dict],
+    dataset: Dataset,
+    cache_dir: str | os.PathLike | None,
+    progress: bool,
+    batch_size: int = 128,
+) -> np.ndarray:
+    """``(n, d)`` features of every row under ``enc``, read from ``cache_dir`` when already there.
+
+    The cache key holds the encoder, its pooling, the data settings and the image paths, so
+    ``medfm evaluate`` and the robustness audit share entries for the same encoder and data.
+    """
+    pooling = str(enc.cfg.model.pooling)
+    data = {k: enc.cfg.data.get(k) for k in DATA_KEYS}
+    key = feature_key(enc.key, pooling, data, [r["path"] for r in rows])
+
+    def compute() -> np.ndarray:
+        return extract_features(enc.build(), dataset, pooling, batch_size, progress)
+
+    return cached_features(cache_dir, key, compute)

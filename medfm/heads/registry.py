@@ -42,13 +42,6 @@ def head_class(name: str) -> type:
     return getattr(importlib.import_module(CLASSES[name]), name)
 
 
-def __getattr__(name: str) -> type:
-    """``from medfm.heads.registry import KNNHead`` keeps working (lazily)."""
-    if name in CLASSES:
-        return head_class(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclasses.dataclass(frozen=True)
 class HeadEntry:
     """One registered head.

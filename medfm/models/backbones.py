@@ -15,7 +15,7 @@
 
 ``<size>`` is a key of :data:`SIZES`; ``model.depth`` (when set) overrides the size's depth.
 Every name is registered in :data:`BACKBONES` (as timm's ``register_model``), through which
-:func:`build_backbone` builds.
+:func:`create_backbone` builds.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def _unknown_backbone(name: str) -> ValueError:
     )
 
 
-def build_backbone(
+def create_backbone(
     model_cfg: Mapping[str, Any], image_size: int, channels: int, depth_size: int | None = None
 ) -> VisionTransformer | ViT3D:
     """A randomly initialised ViT with a frozen sin-cos position embedding, built by

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from medfm.config import save_config
 from medfm.io import atomic_path
-from medfm.models.backbones import backbone_kwargs, build_backbone, is_medfm_3d
+from medfm.models.backbones import backbone_kwargs, create_backbone, is_medfm_3d
 
 WEIGHTS = "encoder.safetensors"
 CONFIG = "config.yaml"
@@ -68,7 +68,7 @@ def load_encoder(
     folder = _artifact_dir(path)
     cfg = OmegaConf.load(folder / CONFIG)
     model_cfg = OmegaConf.merge(cfg.model, {"pretrained": None})  # the artifact has the weights
-    model = build_backbone(
+    model = create_backbone(
         model_cfg, cfg.data.image_size, cfg.data.channels, cfg.data.get("depth_size")
     )
     if not random_init:

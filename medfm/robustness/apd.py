@@ -16,7 +16,7 @@ from sklearn.model_selection import GroupShuffleSplit
 
 from medfm.evaluation.protocols import loco_folds
 from medfm.features.neighbours import as_embeddings
-from medfm.heads.registry import LinearProbe
+from medfm.heads.linear import LinearProbe
 from medfm.metrics.scores import auc
 from medfm.robustness.checks import check_groups, check_labels
 
@@ -74,7 +74,7 @@ def average_performance_drop(
     :func:`performance_drop` of each fold is averaged.
 
     ``head_factory()`` returns an unfitted scikit-learn-style classifier (default
-    :class:`medfm.heads.registry.LinearProbe`). A fold whose train, in- or out-of-center test set
+    :class:`medfm.heads.linear.LinearProbe`). A fold whose train, in- or out-of-center test set
     holds a single class, or whose test sets hold a class the head was not trained on, has no
     AUC and is skipped; ``None`` when every fold is.
     """

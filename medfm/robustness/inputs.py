@@ -111,8 +111,8 @@ def audit_data_from_encoders(
     from medfm.data.datasets import build_dataset
     from medfm.data.ingestion.manifest import read_manifest
     from medfm.data.transforms.preprocess import check_same_preprocess
-    from medfm.evaluation.sources import encoder_features as cached_encoder_features
     from medfm.features.encoders import check_encoder_spec, resolve_encoder
+    from medfm.features.extract import encoder_features
     from medfm.train.pretrain import infer_channels
 
     for spec in encoders:
@@ -129,7 +129,8 @@ def audit_data_from_encoders(
         )
         check_same_preprocess(enc.cfg.data, cfg.data, enc.name)
         dataset = build_dataset(rows, enc.cfg.data, progress=progress)
-        features = cached_encoder_features(enc, rows, dataset, cache_dir, progress)
+        batch = int(cfg.eval.batch_size)
+        features = encoder_features(enc, rows, dataset, cache_dir, progress, batch)
         name, n = encoder_name(spec), 1
         while name in out:
             n += 1

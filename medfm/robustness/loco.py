@@ -15,7 +15,7 @@ import numpy as np
 
 from medfm.evaluation.protocols import loco_folds
 from medfm.features.neighbours import as_embeddings
-from medfm.heads.registry import LinearProbe
+from medfm.heads.linear import LinearProbe
 from medfm.metrics.scores import accuracy, auc
 from medfm.robustness.checks import check_labels
 
@@ -31,7 +31,7 @@ def leave_one_center_out(
     The out-of-center generalisation test behind de Jong et al. 2025 and PathoROB's
     out-of-domain evaluation. ``head_factory()`` returns an unfitted scikit-learn-style
     classifier (``fit(X, y)``, ``predict_proba``, ``classes_``); the default is
-    :class:`medfm.heads.registry.LinearProbe`.
+    :class:`medfm.heads.linear.LinearProbe`.
 
     The folds are :func:`medfm.evaluation.protocols.loco_folds` (centers as strings, samples
     without a center only ever train).

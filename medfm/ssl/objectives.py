@@ -9,9 +9,9 @@ volumes (:mod:`medfm.ssl.views`). Those with an EMA teacher (``dino``) also have
 
 Example:
     >>> from medfm.config import load_config
-    >>> from medfm.models.backbones import build_backbone
+    >>> from medfm.models.backbones import create_backbone
     >>> cfg = load_config(None, ["ssl.objective=simclr", "model.depth=1"])
-    >>> encoder = build_backbone(cfg.model, cfg.data.image_size, cfg.data.channels)
+    >>> encoder = create_backbone(cfg.model, cfg.data.image_size, cfg.data.channels)
     >>> type(build_objective(encoder, cfg.ssl)).__name__
     'SimCLR'
 """
@@ -174,6 +174,6 @@ def build_objective(
         raise ConfigError(
             f"ssl.objective={name!r} needs a timm ViT (model.name=vit_*) or a medfm ViT3D "
             f"(model.name=vit3d_* / unified_*), got {type(encoder).__name__}; build the encoder "
-            "with medfm.models.build_backbone"
+            "with medfm.models.create_backbone"
         )
     return OBJECTIVES.get(name)(encoder, ssl_cfg, pooling)

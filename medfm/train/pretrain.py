@@ -24,7 +24,7 @@ from medfm.data.sources.medmnist import medmnist_rows
 from medfm.data.transforms.augment import augment_steps
 from medfm.data.transforms.patches import patch_size, samples_per_volume
 from medfm.data.transforms.preprocess import resolve_preprocess
-from medfm.models.backbones import build_backbone
+from medfm.models.backbones import create_backbone
 from medfm.models.encoder_io import save_encoder
 from medfm.ssl import build_objective
 from medfm.tracking.base import Logger, NullLogger
@@ -201,7 +201,7 @@ def pretrain(
     seed_everything(int(cfg.seed))
     train_rows = _train_rows(rows, cfg)
     meta = _metadata(train_rows, cfg)
-    encoder = build_backbone(
+    encoder = create_backbone(
         cfg.model, cfg.data.image_size, cfg.data.channels, cfg.data.get("depth_size")
     )
     objective = build_objective(encoder, cfg.ssl, str(cfg.model.pooling))

@@ -6,7 +6,7 @@ import torch
 
 from medfm.evaluation.sources import pixel_features
 from medfm.features.extract import extract_features
-from medfm.models.backbones import build_backbone, encode
+from medfm.models.backbones import create_backbone, encode
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def mixed():
 
 
 def test_a_mixed_dataset_gives_each_image_its_own_features_in_order(mixed):
-    model = build_backbone({"name": "unified_tiny", "depth": 1, "patch_size": 8}, 16, 1, 8)
+    model = create_backbone({"name": "unified_tiny", "depth": 1, "patch_size": 8}, 16, 1, 8)
     model.eval()
     feats = extract_features(model, mixed, batch_size=2, progress=False)
     with torch.no_grad():

@@ -9,14 +9,14 @@ from monai.data import Dataset
 from medfm.config import load_config
 from medfm.heads.finetune import FineTuneClassifier, fine_tune
 from medfm.metrics.scores import auc
-from medfm.models.backbones import build_backbone
+from medfm.models.backbones import create_backbone
 from medfm.train.optim import build_optimizer
 
 
 def _encoder(depth=3):
     cfg = load_config(None, [f"model.depth={depth}", "data.image_size=16"])
     torch.manual_seed(0)
-    return build_backbone(cfg.model, 16, 1)
+    return create_backbone(cfg.model, 16, 1)
 
 
 def test_layer_decay_scales_by_depth_from_the_top():

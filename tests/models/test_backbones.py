@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file
 
 from medfm.config import load_config
-from medfm.models import build_backbone, encode, load_encoder, save_encoder
+from medfm.models import create_backbone, encode, load_encoder, save_encoder
 from medfm.models.encoder_io import load_encoder_config
 from medfm.models.pos_embed import sincos_2d
 
@@ -17,7 +17,7 @@ def cfg():
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_encode_shapes_finite_and_gradients(cfg, channels, pooling):
-    model = build_backbone(cfg.model, 16, channels)
+    model = create_backbone(cfg.model, 16, channels)
     x = torch.rand(3, channels, 16, 16)
     feats = encode(model, x, pooling)
     assert feats.shape == (3, 192)
@@ -28,7 +28,7 @@ def test_encode_shapes_finite_and_gradients(cfg, channels, pooling):
 
 
 def test_pos_embed_is_fixed_sincos(cfg):
-    model = build_backbone(cfg.model, 16, 1)
+    model = create_backbone(cfg.model, 16, 1)
     assert not model.pos_embed.requires_grad
     grid = model.patch_embed.grid_size
     expected = torch.cat([torch.zeros(1, 192), sincos_2d(192, *grid)]).unsqueeze(0)
@@ -48,9 +48,9 @@ def test_sincos_values():
 def test_unknown_backbone_and_pooling(cfg):
     bad = load_config(None, ["model.name=resnet50"]).model
     with pytest.raises(ValueError, match="not a timm ViT"):
-        build_backbone(bad, 16, 1)
+        create_backbone(bad, 16, 1)
     with pytest.raises(ValueError, match="pooling"):
-        encode(build_backbone(cfg.model, 16, 1), torch.rand(1, 1, 16, 16), "max")
+        encode(create_backbone(cfg.model, 16, 1), torch.rand(1, 1, 16, 16), "max")
 
 
 def test_backbones_are_registered_by_name_and_typos_name_the_nearest():
@@ -60,12 +60,12 @@ def test_backbones_are_registered_by_name_and_typos_name_the_nearest():
     assert set(timm.list_models("vit_*")) <= set(BACKBONES.names())
     typo = load_config(None, ["model.name=vit_tiny_patch16_244"]).model
     with pytest.raises(ValueError, match="nearest valid name is 'vit_tiny_patch16_224'"):
-        build_backbone(typo, 16, 1)
+        create_backbone(typo, 16, 1)
 
 
 def test_encoder_round_trip_and_plain_timm_load(cfg, tmp_path):
     torch.manual_seed(0)
-    model = build_backbone(cfg.model, 16, 1).eval()
+    model = create_backbone(cfg.model, 16, 1).eval()
     save_encoder(model, cfg, tmp_path)
     loaded, loaded_cfg = load_encoder(tmp_path / "encoder.safetensors")
     x = torch.rand(2, 1, 16, 16)
@@ -81,7 +81,7 @@ def test_encoder_round_trip_and_plain_timm_load(cfg, tmp_path):
 
 
 def test_random_init_differs_and_missing_artifact_is_clear(cfg, tmp_path):
-    model = build_backbone(cfg.model, 16, 1)
+    model = create_backbone(cfg.model, 16, 1)
     save_encoder(model, cfg, tmp_path)
     rand, _ = load_encoder(tmp_path, random_init=True)
     assert not torch.equal(rand.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
@@ -97,12 +97,12 @@ def test_pretrained_loads_only_from_a_local_file_and_adapts_sizes(cfg, tmp_path)
     weights = {k: v.contiguous() for k, v in source.state_dict().items()}
     save_file(weights, str(tmp_path / "w.safetensors"))
     model_cfg = load_config(None, ["model.depth=2", f"model.pretrained={tmp_path}/w.safetensors"])
-    model = build_backbone(model_cfg.model, 16, 3)  # 16 px, patch 4: kernel and grid resampled
+    model = create_backbone(model_cfg.model, 16, 3)  # 16 px, patch 4: kernel and grid resampled
     assert model.patch_embed.proj.weight.shape == (192, 3, 4, 4)
     torch.testing.assert_close(model.blocks[1].attn.qkv.weight, source.blocks[1].attn.qkv.weight)
     missing = load_config(None, ["model.pretrained=/nonexistent/w.safetensors"]).model
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
-        build_backbone(missing, 16, 3)
+        create_backbone(missing, 16, 3)
 
 
 def test_rgb_weights_load_into_a_grey_scale_backbone_summed_over_channels(tmp_path):
@@ -116,7 +116,7 @@ def test_rgb_weights_load_into_a_grey_scale_backbone_summed_over_channels(tmp_pa
         None,
         ["model.depth=1", "model.patch_size=16", f"model.pretrained={tmp_path}/rgb.safetensors"],
     ).model
-    grey = build_backbone(model_cfg, 32, 1)
+    grey = create_backbone(model_cfg, 32, 1)
     expected = source.patch_embed.proj.weight.sum(dim=1, keepdim=True)
     torch.testing.assert_close(grey.patch_embed.proj.weight, expected)
     torch.testing.assert_close(grey.blocks[0].mlp.fc1.weight, source.blocks[0].mlp.fc1.weight)

@@ -5,7 +5,7 @@ from monai.networks.nets import ViT
 from safetensors.torch import load_file
 
 from medfm.config import load_config
-from medfm.models import build_backbone, encode, load_encoder, save_encoder
+from medfm.models import create_backbone, encode, load_encoder, save_encoder
 from medfm.models.backbones import SIZES
 from medfm.models.encoder_io import load_encoder_config
 from medfm.models.patch_embed import UnifiedPatchEmbed
@@ -20,7 +20,7 @@ def _cfg(name="vit3d_tiny", *extra):
 
 
 def _build(cfg):
-    return build_backbone(cfg.model, cfg.data.image_size, cfg.data.channels, cfg.data.depth_size)
+    return create_backbone(cfg.model, cfg.data.image_size, cfg.data.channels, cfg.data.depth_size)
 
 
 def _missing_grads(model):
@@ -79,7 +79,7 @@ def test_depth_size_and_named_sizes():
         assert (vit.embed_dim, vit.num_heads) == (dim, heads)
         assert _vit3d_kwargs(full)["depth"] == depth
     with pytest.raises(ValueError, match="vit3d_tiny"):
-        build_backbone(load_config(None, ["model.name=vit3d_huge"]).model, 16, 1)
+        create_backbone(load_config(None, ["model.name=vit3d_huge"]).model, 16, 1)
 
 
 def _vit3d_kwargs(cfg):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medfm.evaluation.protocols import loco_folds
-from medfm.heads.registry import KNNHead
+from medfm.heads.knn import KNNHead
 from medfm.robustness.loco import leave_one_center_out
 
 

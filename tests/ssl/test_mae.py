@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from medfm.config import load_config
-from medfm.models.backbones import build_backbone
+from medfm.models.backbones import create_backbone
 from medfm.ssl.mae import MAE
 from medfm.ssl.objectives import build_objective
 from medfm.ssl.patches import patchify
@@ -12,7 +12,7 @@ def _mae(channels=1, ratio=0.75, norm_pix=True):
     cfg = load_config(
         None, ["model.depth=2", f"ssl.mask_ratio={ratio}", f"ssl.norm_pix_loss={norm_pix}"]
     )
-    return build_objective(build_backbone(cfg.model, 16, channels), cfg.ssl)
+    return build_objective(create_backbone(cfg.model, 16, channels), cfg.ssl)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -51,5 +51,5 @@ def test_loss_counts_only_masked_patches():
 def test_unknown_objective_is_a_clear_error():
     cfg = load_config(None, ["ssl.objective=byol", "model.depth=1"])
     with pytest.raises(ValueError, match="byol"):
-        build_objective(build_backbone(cfg.model, 16, 1), cfg.ssl)
+        build_objective(create_backbone(cfg.model, 16, 1), cfg.ssl)
     assert isinstance(_mae(), MAE)

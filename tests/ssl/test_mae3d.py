@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from medfm.config import load_config
-from medfm.models.backbones import build_backbone
+from medfm.models.backbones import create_backbone
 from medfm.models.pos_embed import sincos_3d
 from medfm.ssl.mae import MAE, gradient_magnitude
 from medfm.ssl.objectives import build_objective
@@ -13,7 +13,7 @@ BASE = ["model.depth=1", "data.image_size=16", "model.patch_size=4", "ssl.decode
 
 def _mae(name="vit3d_tiny", *extra):
     cfg = load_config(None, [f"model.name={name}", *BASE, *extra])
-    encoder = build_backbone(cfg.model, 16, cfg.data.channels, cfg.data.depth_size)
+    encoder = create_backbone(cfg.model, 16, cfg.data.channels, cfg.data.depth_size)
     return build_objective(encoder, cfg.ssl)
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from medfm.config import ConfigError, load_config
-from medfm.models.backbones import build_backbone, encode
+from medfm.models.backbones import create_backbone, encode
 from medfm.ssl import mae as mae_module
 from medfm.ssl.dino import DINO, encode_any_size
 from medfm.ssl.ema import EMATeacher, cosine_momentum
@@ -26,7 +26,7 @@ TINY = ["model.depth=1", "data.image_size=16", "ssl.local_crop_size=8", "ssl.n_l
 
 def _build(name, channels=1, extra=()):
     cfg = load_config(None, [*TINY, f"ssl.objective={name}", f"data.channels={channels}", *extra])
-    encoder = build_backbone(cfg.model, cfg.data.image_size, channels)
+    encoder = create_backbone(cfg.model, cfg.data.image_size, channels)
     return build_objective(encoder, cfg.ssl, cfg.model.pooling), cfg
 
 
@@ -58,7 +58,7 @@ def test_mae_entry_builds_the_mae_its_settings_describe():
         build_objective,
     ):
         torch.manual_seed(3)
-        built.append(build(build_backbone(cfg.model, 16, 1), cfg.ssl))
+        built.append(build(create_backbone(cfg.model, 16, 1), cfg.ssl))
     assert all(type(m) is mae_module.MAE for m in built)
     assert built[0].mask_ratio == built[1].mask_ratio == 0.5
     first, second = built[0].state_dict(), built[1].state_dict()
@@ -152,7 +152,7 @@ def test_ema_teacher_is_frozen_copy():
 
 def test_encode_any_size_is_encode_at_native_size_and_handles_local_crops():
     cfg = load_config(None, TINY)
-    encoder = build_backbone(cfg.model, 16, 1).eval()
+    encoder = create_backbone(cfg.model, 16, 1).eval()
     x = torch.rand(2, 1, 16, 16)
     assert torch.equal(encode_any_size(encoder, x), encode(encoder, x))
     assert encode_any_size(encoder, torch.rand(2, 1, 8, 8), "cls").shape == (2, encoder.embed_dim)
@@ -323,7 +323,7 @@ def _train_tiny(name, out_dir, stop_after_batches=None):
         ],
     )
     torch.manual_seed(0)
-    objective = build_objective(build_backbone(cfg.model, 16, 1), cfg.ssl, cfg.model.pooling)
+    objective = build_objective(create_backbone(cfg.model, 16, 1), cfg.ssl, cfg.model.pooling)
     data, meta = (
         torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0)),
         torch.arange(8.0),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medfm.config import ConfigError, load_config
-from medfm.models.backbones import build_backbone, encode
+from medfm.models.backbones import create_backbone, encode
 from medfm.models.pos_embed import sincos_3d
 from medfm.models.vit3d import ViT3D
 from medfm.ssl.dino import encode_any_size
@@ -31,7 +31,7 @@ TINY_3D = [
 
 def _build(name, model="vit3d_tiny", extra=()):
     cfg = load_config(None, [f"model.name={model}", *TINY_3D, f"ssl.objective={name}", *extra])
-    encoder = build_backbone(cfg.model, cfg.data.image_size, 1, cfg.data.depth_size)
+    encoder = create_backbone(cfg.model, cfg.data.image_size, 1, cfg.data.depth_size)
     return build_objective(encoder, cfg.ssl, cfg.model.pooling)
 
 
@@ -94,7 +94,7 @@ def test_a_2d_encoder_still_rejects_nothing_but_non_vit_encoders():
 @pytest.mark.parametrize("model", ["vit3d_tiny", "unified_tiny"])
 def test_encode_any_size_recomputes_the_sincos_table_for_local_crops(model):
     cfg = load_config(None, [f"model.name={model}", *TINY_3D])
-    encoder = build_backbone(cfg.model, 16, 1).eval()
+    encoder = create_backbone(cfg.model, 16, 1).eval()
     x = torch.rand(2, 1, 16, 16, 16)
     assert torch.equal(encode_any_size(encoder, x), encode(encoder, x))
     local = torch.rand(2, 1, 8, 12, 8)
@@ -114,7 +114,7 @@ def test_encode_any_size_recomputes_the_sincos_table_for_local_crops(model):
 
 def test_encode_any_size_interpolates_a_table_that_is_not_sincos():
     cfg = load_config(None, ["model.name=vit3d_tiny", *TINY_3D])
-    encoder = build_backbone(cfg.model, 16, 1).eval()
+    encoder = create_backbone(cfg.model, 16, 1).eval()
     local = torch.rand(2, 1, 8, 8, 8)
     exact = encode_any_size(encoder, local)
     with torch.no_grad():

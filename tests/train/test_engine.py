@@ -4,7 +4,7 @@ import torch
 
 from medfm.config import load_config
 from medfm.data.loader import batch_indices, in_memory_batches
-from medfm.models.backbones import build_backbone
+from medfm.models.backbones import create_backbone
 from medfm.ssl.objectives import build_objective
 from medfm.train.checkpoint import CHECKPOINT, load_checkpoint
 from medfm.train.engine import NonFiniteLossError, train
@@ -25,7 +25,7 @@ def _setup(tmp_path, steps, **extra):
     ]
     cfg = load_config(None, overrides + [f"{k}={v}" for k, v in extra.items()])
     torch.manual_seed(0)
-    return build_objective(build_backbone(cfg.model, 16, 1), cfg.ssl), cfg
+    return build_objective(create_backbone(cfg.model, 16, 1), cfg.ssl), cfg
 
 
 def _get_batch(idx):

@@ -3,12 +3,12 @@ import math
 import pytest
 
 from medfm.config import load_config
-from medfm.models.backbones import build_backbone
+from medfm.models.backbones import create_backbone
 from medfm.train.optim import build_optimizer, param_groups, warmup_cosine
 
 
 def test_no_weight_decay_on_norms_biases_and_tokens():
-    model = build_backbone(load_config(None, ["model.depth=1"]).model, 16, 1)
+    model = create_backbone(load_config(None, ["model.depth=1"]).model, 16, 1)
     decay, no_decay = param_groups(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
@@ -37,7 +37,7 @@ def test_scheduler_follows_the_schedule():
             "train.min_lr=0.0",
         ],
     )
-    model = build_backbone(cfg.model, 16, 1)
+    model = create_backbone(cfg.model, 16, 1)
     opt, sched = build_optimizer(model, cfg.train)
     lrs = []
     for _ in range(4):
