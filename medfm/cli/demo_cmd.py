@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from medfm.cli.options import add_run_options
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``medfm demo`` and its options to ``sub``."""
@@ -29,8 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="size of the per-center acquisition signature, 0 (none) to 1 (strong)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for data, splits and training")
-    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_run_options(p)
     p.set_defaults(run=run)
 
 

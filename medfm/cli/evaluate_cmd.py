@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medfm.cli.options import add_overrides, add_run_options
+
 
 def default_heads() -> list[str]:
     """``eval.heads`` of the default config: the heads ``medfm evaluate`` runs without --heads."""
@@ -66,14 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", help="feature cache folder (default: OUT/feature_cache)")
     p.add_argument("--no-baselines", action="store_true", help="skip random: and pixels: rows")
     p.add_argument("--seed", type=int, default=0, help="seed of random-init weights (default: 0)")
-    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="eval.* / finetune.* / tracking.* overrides, e.g. finetune.steps=500",
-    )
+    add_run_options(p)
+    add_overrides(p, "eval.* / finetune.* / tracking.*: finetune.steps=500")
     p.set_defaults(run=run)
 
 

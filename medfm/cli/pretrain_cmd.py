@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from medfm.cli.options import add_overrides
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``medfm pretrain`` and its options to ``sub``."""
@@ -18,12 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "data.manifest=runs/demo/ingest/manifest.csv train.max_steps=50 out_dir=runs/x seed=1",
     )
     p.add_argument("--config", help="YAML recipe (see configs/pretrain/)")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="dotted overrides, e.g. train.max_steps=50 seed=1",
-    )
+    add_overrides(p, "train.max_steps=50 seed=1")
     p.set_defaults(run=run)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medfm.cli.options import add_overrides, add_run_options
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``medfm robustness`` and its options on ``sub`` (long only because it lists
@@ -60,14 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap", type=int, help="bootstrap resamples for the CIs (default: 200)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, help="seed for random init and resampling (default: 0)")
-    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. robustness.k=auto data.image_size=224 tracking.uri=...",
-    )
+    add_run_options(p)
+    add_overrides(p, "robustness.k=auto data.image_size=224 tracking.uri=...")
     p.set_defaults(run=run)
 
 

@@ -76,3 +76,21 @@ def test_evaluate_heads_default_is_the_config_default_and_help_lists_the_registr
     text = " ".join(_subparsers(build_parser())["evaluate"].format_help().split())
     assert f"eval.heads of the config, {','.join(DEFAULTS['eval']['heads'])}" in text
     assert all(name in text for name in HEADS.names())
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["evaluate", "--help"], ["robustness", "--help"]])
+def test_help_imports_no_torch(argv):
+    """``medfm --help`` must stay fast: a fresh interpreter prints it without loading torch,
+    and ``import medfm`` exposes the public API without loading it either."""
+    code = (
+        "import sys, contextlib, io\n"
+        "import medfm\n"
+        "from medfm.cli.main import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        f"    main({argv!r})\n"
+        "assert 'usage: medfm' in out.getvalue()\n"
+        "assert callable(medfm.evaluate) and callable(medfm.audit)\n"
+        "print(sorted(m for m in ('torch', 'monai', 'mlflow', 'timm') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
