@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from medfm.api import pretrain
 from medfm.config import load_config
 from medfm.evaluation.run import evaluate
 from medfm.evaluation.tables import metrics_markdown
-from medfm.train.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = "linear,knn,gda,prototype,mlp,finetune,soup"

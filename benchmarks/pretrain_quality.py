@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from medfm.api import pretrain
 from medfm.config import load_config
 from medfm.evaluation.run import evaluate
-from medfm.train.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = {"pretrained": "linear", "random init": "random:linear", "raw pixels": "pixels:linear"}
