@@ -99,3 +99,19 @@ def _assert_nested_close(
 def nested_close():
     """``nested_close(actual, expected, rel=1e-9)``: field-by-field comparison of nested results."""
     return _assert_nested_close
+
+
+@pytest.fixture
+def quarantined_sources():
+    """``read(out_dir) -> {source path: quarantine row}``: quarantine rows named by their
+    pseudonymous id, turned back into source paths through the private map, as a site would."""
+    import csv
+
+    from medfm.data.ingestion.source_map import read_source_map
+
+    def read(out_dir) -> dict[str, dict]:
+        links = read_source_map(out_dir)
+        with open(os.path.join(out_dir, "quarantine.csv"), newline="") as f:
+            return {links.get(r["id"], r["id"]): r for r in csv.DictReader(f)}
+
+    return read

@@ -73,7 +73,7 @@ def _checkpoint_step(out: Path) -> int:
     if not path.is_file():
         return 0
     try:
-        return int(torch.load(path, weights_only=False)["step"])
+        return int(torch.load(path, weights_only=True)["step"])
     except Exception:  # the rename is atomic, but the file may be replaced while we read
         return 0
 

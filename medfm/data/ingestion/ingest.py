@@ -1,4 +1,6 @@
-"""Ingest folders of medical images into ``manifest.csv``, ``quarantine.csv`` and ``report.json``.
+"""Ingest folders of medical images into ``manifest.csv``, ``quarantine.csv`` and ``report.json``,
+with the link from pseudonymous ids to source files only in ``private/source_map.csv``
+(:mod:`medfm.data.ingestion.source_map`).
 
 Every file found is either accepted (it contributes to a manifest row) or rejected (one quarantine
 row with the reason), so ``seen == accepted + rejected``. DICOM files are grouped into series
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 
 from medfm.data.ingestion.labels import LabelsTable, read_labels
 from medfm.data.ingestion.manifest import MANIFEST_COLUMNS, write_csv, write_manifest
-from medfm.data.ingestion.pseudonym import resolve_salt
+from medfm.data.ingestion.pseudonym import pseudonymize, resolve_salt
 from medfm.data.ingestion.rows import (
     TileOptions,
     dicom_rows,
@@ -34,6 +36,7 @@ from medfm.data.ingestion.rows import (
     medmnist_file_rows,
     wsi_rows,
 )
+from medfm.data.ingestion.source_map import shareable_path, write_source_map
 from medfm.data.ingestion.splits import assign_splits, check_no_patient_leak
 from medfm.data.slides.reading import WSI_SUFFIXES
 from medfm.data.sources.dicom_series import is_dicom_file
@@ -41,11 +44,14 @@ from medfm.data.sources.readers import file_format
 from medfm.io import write_json
 
 log = logging.getLogger(__name__)
-QUARANTINE_COLUMNS = ("path", "reason")
+QUARANTINE_COLUMNS = ("id", "suffix", "reason")
 
 
 @dataclasses.dataclass
 class IngestResult:
+    """What :func:`ingest` wrote, and its rows with their source paths resolved (in memory only:
+    the manifest on disk names sources as ``source:<id>``)."""
+
     manifest: Path
     quarantine: Path
     report: Path
@@ -194,17 +200,53 @@ def ingest(
     matched = _join_labels(rows, table, label_column, center)
     if rows:
         _split(rows, fractions, seed, test_centers)
-    for r in rejected:
-        log.warning("Quarantined %s: %s", r["path"], r["reason"])
+    links: dict[str, str] = {}
+    quarantined = [_quarantine_row(r, key, links) for r in rejected]
+    quarantined += [_label_reject_row(r) for r in (table.rejected if table else [])]
+    for r in quarantined:
+        log.warning("Quarantined %s (%s): %s", r["id"], r["suffix"], r["reason"])
     counts = _report(len(files), accepted, rows, rejected, table, matched)
-    label_rejects = table.rejected if table else []
+    shared = _shareable_rows(rows, out_dir, links)
+    write_source_map(out_dir, links)
     return IngestResult(
-        write_manifest(rows, out_dir / "manifest.csv"),
-        write_csv(rejected + label_rejects, out_dir / "quarantine.csv", QUARANTINE_COLUMNS),
+        write_manifest(shared, out_dir / "manifest.csv"),
+        write_csv(quarantined, out_dir / "quarantine.csv", QUARANTINE_COLUMNS),
         write_json(counts, out_dir / "report.json"),
         rows,
         counts,
     )
+
+
+def _shareable_rows(rows: list[dict], out_dir: Path, links: dict[str, str]) -> list[dict]:
+    """Rows as the manifest holds them: source paths replaced by ``source:<id>`` (linked in
+    ``links``), files under ``out_dir`` relative to it."""
+    shared = []
+    for row in rows:
+        path = shareable_path(row["id"], row["path"], out_dir)
+        if path.startswith("source:"):
+            if links.get(row["id"], row["path"]) != row["path"]:
+                raise ValueError(f"two sources share the id {row['id']}; ingest them apart")
+            links[row["id"]] = row["path"]
+        shared.append(row | {"path": path})
+    return shared
+
+
+def _quarantine_row(rejected: dict, key: bytes, links: dict[str, str]) -> dict:
+    """``{"id", "suffix", "reason"}``: the file by a stable pseudonym (linked in ``links``) and a
+    reason in which its path, or any tail of it down to the file name, reads as that id."""
+    path = rejected["path"]
+    file_id = pseudonymize(path, key, "file")
+    links[file_id] = path
+    reason, parts = str(rejected["reason"]), Path(path).parts
+    for tail in [os.path.join(*parts[i:]) for i in range(len(parts))]:  # longest first
+        reason = reason.replace(tail, file_id)
+    return {"id": file_id, "suffix": "".join(Path(path).suffixes)[-12:], "reason": reason}
+
+
+def _label_reject_row(rejected: dict) -> dict:
+    """A labels-file row set aside: named by its line number, not the file's path."""
+    line = str(rejected["path"]).rsplit(":", 1)[-1]
+    return {"id": f"labels:{line}", "suffix": ".csv", "reason": rejected["reason"]}
 
 
 def _report(seen, accepted, rows, rejected, table, matched) -> dict:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from medfm.data.ingestion.source_map import resolve_paths
 from medfm.io import atomic_path
 
 MANIFEST_COLUMNS = (
@@ -44,11 +45,16 @@ def write_csv(
 
 
 def write_manifest(rows: Iterable[Mapping[str, object]], path: str | os.PathLike) -> Path:
+    """Write manifest rows with :data:`MANIFEST_COLUMNS`, atomically."""
     return write_csv(rows, path, MANIFEST_COLUMNS)
 
 
 def read_manifest(path: str | os.PathLike, required: Sequence[str] = ("path",)) -> list[dict]:
-    """Read a manifest; raise if the file or a required column is missing, naming both."""
+    """Read a manifest; raise if the file or a required column is missing, naming both.
+
+    ``source:<id>`` paths are resolved through the private map beside the manifest
+    (:mod:`medfm.data.ingestion.source_map`); relative paths against the manifest's folder.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "manifest.csv"
@@ -63,6 +69,7 @@ def read_manifest(path: str | os.PathLike, required: Sequence[str] = ("path",)) 
             )
         rows = list(reader)
     base = path.parent
+    resolve_paths(rows, base)
     for row in rows:
         if row.get("path") and not os.path.isabs(row["path"]):
             row["path"] = str((base / row["path"]).resolve())

@@ -20,7 +20,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from medfm.data.ingestion.ingest import ingest, read_labels, scan
-from medfm.data.ingestion.manifest import MANIFEST_COLUMNS
+from medfm.data.ingestion.manifest import MANIFEST_COLUMNS, read_manifest
 from medfm.data.synthetic import SyntheticSpec, write_dataset
 from medfm.data.writers import write_dicom, write_nifti
 
@@ -120,11 +120,12 @@ def test_report_counts_add_up(ingested):
     assert sum(report["splits"].values()) == N_GOOD
 
 
-def test_every_bad_file_quarantined_with_its_reason(ingested, source):
+def test_every_bad_file_quarantined_with_its_reason(ingested, source, quarantined_sources):
     _, out, _ = ingested
     columns, rows = read_csv(out / "quarantine.csv")
-    assert columns == ["path", "reason"]
-    reasons = {r["path"]: r["reason"] for r in rows}
+    assert columns == ["id", "suffix", "reason"]
+    assert all(r["id"].startswith("file-") and "/" not in r["id"] for r in rows)
+    reasons = {path: r["reason"] for path, r in quarantined_sources(out).items()}
     expected = {str((source / "raw" / rel).resolve()): word for rel, word in BAD_FILES.items()}
     assert reasons.keys() == expected.keys()
     for path, word in expected.items():
@@ -143,10 +144,14 @@ def test_every_good_file_accepted_with_manifest_columns(ingested, source):
     result, out, _ = ingested
     columns, rows = read_csv(out / "manifest.csv")
     assert tuple(columns) == MANIFEST_COLUMNS
+    assert [r["path"] for r in rows] == [f"source:{r['id']}" for r in rows]  # no source path
     _, labels = read_csv(source / "labels.csv")
-    assert sorted(r["path"] for r in rows) == sorted(
+    assert sorted(r["path"] for r in read_manifest(out / "manifest.csv")) == sorted(
         str((source / r["path"]).resolve()) for r in labels
     )
+    private = out / "private" / "source_map.csv"
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert (out / "private").stat().st_mode & 0o777 == 0o700
     assert len(rows) == len(result.rows) == N_GOOD
     for row in rows:
         assert row["shape"] == "32x32"
@@ -353,12 +358,14 @@ def test_real_nifti_spacing(real_ingested):
     assert rows["anatomical.nii"]["spacing"] == "2x2x2"
 
 
-def test_real_truncated_dicom_quarantined(real_ingested, real_files):
+def test_real_truncated_dicom_quarantined(real_ingested, real_files, quarantined_sources):
     result, rows = real_ingested
     assert "MR_truncated.dcm" not in rows
-    _, quarantined = read_csv(Path(result.quarantine))
-    assert [Path(r["path"]).name for r in quarantined] == ["MR_truncated.dcm"]
-    assert quarantined[0]["reason"] == "pixel data cannot be decoded (ValueError)"
+    quarantined = quarantined_sources(Path(result.quarantine).parent)
+    assert [Path(p).name for p in quarantined] == ["MR_truncated.dcm"]
+    row = next(iter(quarantined.values()))
+    assert row["reason"] == "pixel data cannot be decoded (ValueError)"
+    assert row["suffix"] == ".dcm"
     assert result.counts["seen"] == 4 and result.counts["accepted"] == 3
 
 

@@ -111,7 +111,7 @@ def test_inconsistent_series_quarantined_whole(tmp_path, make_bad, reason):
     assert all(reason in r for r in result.counts["rejected_by_reason"])
 
 
-def test_bad_dicom_inputs_each_get_a_reason(tmp_path):
+def test_bad_dicom_inputs_each_get_a_reason(tmp_path, quarantined_sources):
     src = tmp_path / "src"
     src.mkdir()
     _slice(src, "good.dcm", 0.0, 30, SeriesInstanceUID="1.2.3.5")
@@ -124,7 +124,8 @@ def test_bad_dicom_inputs_each_get_a_reason(tmp_path):
     shutil.copy(get_testdata_file("JPEGLSNearLossless_16.dcm"), src / "jpegls.dcm")
     before = {p.name: p.read_bytes() for p in src.iterdir()}
     result = ingest([src], tmp_path / "out", salt="s", progress=False)
-    reasons = {Path(r["path"]).name: r["reason"] for r in _quarantine(tmp_path / "out")}
+    quarantined = quarantined_sources(tmp_path / "out").items()
+    reasons = {Path(path).name: r["reason"] for path, r in quarantined}
     assert reasons["README"] == "not a DICOM file (no DICM marker) and no known image suffix"
     assert reasons["nopixels.dcm"] == "DICOM file has no pixel data"
     assert "JPEG-LS" in reasons["jpegls.dcm"] and "pyjpegls" in reasons["jpegls.dcm"]
