@@ -63,9 +63,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"medfm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # MONAI wraps a transform's error in "applying transform ..."
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        print(f"medfm {args.command}: error: {cause}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as err:
         print(f"medfm {args.command}: training stopped: {err}", file=sys.stderr)
         return 1
+
+
+def _user_error(err: BaseException) -> BaseException | None:
+    """The config or missing-file error behind ``err``'s chain of causes, if there is one."""
+    seen = err.__cause__
+    while seen is not None:
+        if isinstance(seen, ConfigError | FileNotFoundError):
+            return seen
+        seen = seen.__cause__
+    return None
 
 
 if __name__ == "__main__":

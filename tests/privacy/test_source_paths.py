@@ -86,3 +86,21 @@ def test_no_output_and_no_mlflow_entry_names_the_patient(tmp_path, mlflow_server
     quarantine = (out / "ingest" / "quarantine.csv").read_text().splitlines()[1:]
     # the truncated MR file and the labels CSV that sits in the export folder
     assert sorted(line.split(",")[1] for line in quarantine) == [".csv", ".dcm"]
+
+
+def test_a_source_gone_after_ingest_is_named_by_its_id_not_its_path(tmp_path, capsys):
+    labels = _export(tmp_path / "exports")
+    out = tmp_path / "ingest"
+    raw = str(tmp_path / "exports" / f"{NAME}_{MRN}")
+    assert main(["ingest", raw, "--labels", str(labels), "--out", str(out), "--no-progress"]) == 0
+    from medfm.data.ingestion.manifest import read_manifest
+
+    rows = read_manifest(out / "manifest.csv")
+    gone = next(r for r in rows if r["split"] == "train")
+    Path(gone["path"]).unlink()
+    argv = ["pretrain", f"data.manifest={out / 'manifest.csv'}", f"out_dir={tmp_path / 'enc'}"]
+    code = main([*argv, "data.cache=none", "train.max_steps=1", "tracking.enabled=false"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"image {gone['id']} of the manifest is gone from its source" in err
+    assert NAME not in err and MRN not in err

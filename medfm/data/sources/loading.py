@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from pathlib import Path
 
@@ -66,10 +67,19 @@ def load_path(path: str) -> torch.Tensor:
 
 
 class LoadManifestImaged(MapTransform):
-    """Dict form of :func:`load_path`: replaces each key's path with its channel-first image."""
+    """Dict form of :func:`load_path`: replaces each key's path with its channel-first image.
+
+    A source that is gone (moved or deleted after ingest) raises ``FileNotFoundError`` naming the
+    sample by its pseudonymous ``id``, never by its path, which may hold a patient's name."""
 
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = load_path(str(d[key]))
+            source = str(d[key])
+            if not os.path.exists(source.split("#", 1)[0].split(SERIES_SEPARATOR, 1)[0]):
+                raise FileNotFoundError(
+                    f"image {d.get('id') or '(no id)'} of the manifest is gone from its source "
+                    "(private/source_map.csv has its path): restore it or ingest the data again"
+                )
+            d[key] = load_path(source)
         return d
