@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from medfm.metrics.classification import per_sample
+
 BACKENDS = ("auto", "torch", "faiss")
 BLOCK_BYTES = 256 * 2**20  # one float32 similarity tile of the torch backend
 MIN_TILE = 4096  # narrowest column tile of the torch backend (keeps its matmuls efficient)
@@ -76,14 +78,9 @@ class _Groups:
 
     @classmethod
     def build(cls, groups, n: int) -> _Groups | None:
+        groups = per_sample(groups, n, "groups", against="embeddings")
         if groups is None:
             return None
-        groups = np.asarray(groups)
-        if groups.ndim != 1 or len(groups) != n:
-            raise ValueError(
-                f"groups has shape {groups.shape} but embeddings have {n} rows; pass one group "
-                "label (e.g. patient) per sample"
-            )
         labels, codes = np.unique(groups, return_inverse=True)
         codes = torch.as_tensor(codes.reshape(-1), dtype=torch.int64)
         sizes = torch.bincount(codes, minlength=len(labels))

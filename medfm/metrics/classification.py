@@ -65,13 +65,15 @@ def _check_proba(y_true, proba, classes):
     return y_true, proba, classes
 
 
-def _check_per_sample(values, n: int, name: str) -> np.ndarray | None:
+def per_sample(values, n: int, name: str, against: str = "labels") -> np.ndarray | None:
+    """``values`` as a 1-D array with one entry per sample (``None`` stays ``None``); a clear
+    error naming both lengths otherwise. ``name`` is plural (``"groups"``, ``"centers"``)."""
     if values is None:
         return None
     values = np.asarray(values)
     if values.ndim != 1 or len(values) != n:
         raise ValueError(
-            f"labels ({n}) and {name} ({len(values)}) differ in length; pass one {name[:-1]} "
+            f"{against} ({n}) and {name} ({len(values)}) differ in length; pass one {name[:-1]} "
             "label per sample"
         )
     return values
@@ -235,7 +237,7 @@ def bootstrap_auc_ci(
     """
     y_true, proba, classes = _check_proba(y_true, proba, classes)
     _check_two_classes(y_true)
-    groups = _check_per_sample(groups, len(y_true), "groups")
+    groups = per_sample(groups, len(y_true), "groups")
     check_bootstrap_args(n_boot, alpha)
     units = resampling_units(len(y_true), groups)
 
@@ -343,8 +345,8 @@ def classification_report(
     """
     y_true, proba, classes = _check_proba(y_true, proba, classes)
     _check_two_classes(y_true)
-    groups = _check_per_sample(groups, len(y_true), "groups")
-    centers = _check_per_sample(centers, len(y_true), "centers")
+    groups = per_sample(groups, len(y_true), "groups")
+    centers = per_sample(centers, len(y_true), "centers")
     y_pred = _predicted(proba, classes)
     lo, hi = bootstrap_auc_ci(y_true, proba, classes, groups, n_boot=n_boot, seed=seed)
     report = {

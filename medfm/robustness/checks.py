@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from medfm.features.neighbours import max_neighbours
+from medfm.metrics.classification import per_sample
 
 VARIANTS = ("ratio", "normalized")
 
@@ -68,15 +69,7 @@ def check_labels(
 
 def check_groups(groups: Any, n: int) -> np.ndarray | None:
     """``groups`` as a 1-D array of ``n`` labels (``None`` stays ``None``)."""
-    if groups is None:
-        return None
-    groups = np.asarray(groups)
-    if groups.ndim != 1 or len(groups) != n:
-        raise ValueError(
-            f"groups ({len(groups)}) and embeddings ({n}) must have the same length; pass one "
-            "group label (e.g. patient) per sample"
-        )
-    return groups
+    return per_sample(groups, n, "groups", against="embeddings")
 
 
 def check_ks(ks: Sequence[int] | int, n: int, groups: np.ndarray | None, name: str) -> list[int]:

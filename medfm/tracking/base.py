@@ -76,24 +76,48 @@ def local_tracking_uri(out_dir: str | os.PathLike) -> str:
 
 
 def make_logger(
-    tracking_cfg: Mapping[str, Any], out_dir: str | os.PathLike, run_name: str | None = None
+    tracking_cfg: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    run_name: str | None = None,
+    run_id: str | None = None,
 ) -> Logger:
     """MLflow logger for ``tracking.enabled`` on rank 0, else :class:`NullLogger`.
 
     The URI is ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else a sqlite store in ``out_dir``.
+    Calls are journaled in ``out_dir/mlflow-spool`` and sent in the background, so an unreachable
+    server never stops the caller (``medfm sync OUT`` sends what is left). ``run_id`` continues
+    that MLflow run instead of starting a new one.
     """
     if not tracking_cfg.get("enabled", True) or not is_rank_zero():
         return NullLogger()
-    from medfm.tracking.mlflow_logger import MLflowLogger
+    from medfm.tracking.mlflow_logger import MLflowLogger, spool_dir
 
     uri = tracking_cfg.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
     artifacts = None
     if not uri:
         uri = local_tracking_uri(out_dir)
         artifacts = (Path(out_dir) / "mlartifacts").resolve().as_uri()
-    return MLflowLogger(
+    logger = MLflowLogger(
         uri,
         str(tracking_cfg.get("experiment") or "medfm"),
         run_name or tracking_cfg.get("run_name"),
+        spool_dir=spool_dir(out_dir),
         artifact_location=artifacts,
     )
+    if run_id:
+        logger.continue_run(run_id=run_id)
+    return logger
+
+
+def tracking_state(logger: Logger) -> dict[str, str] | None:
+    """What a checkpoint keeps to continue ``logger``'s run on resume (None for no run)."""
+    state = {"run_id": logger.run_id, "spool_id": getattr(logger, "spool_id", None)}
+    state = {k: v for k, v in state.items() if v}
+    return state or None
+
+
+def continue_run(logger: Logger, state: Mapping[str, Any] | None) -> None:
+    """Point a fresh ``logger`` at the run a checkpoint's :func:`tracking_state` names."""
+    resume = getattr(logger, "continue_run", None)
+    if state and callable(resume):
+        resume(run_id=state.get("run_id"), spool_id=state.get("spool_id"))

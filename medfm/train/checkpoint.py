@@ -133,3 +133,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
             "written by an older medfm or holds code, and nothing in it was run. Delete it to "
             "start over, or resume with the older medfm that wrote it."
         ) from err
+
+
+def checkpoint_tracking(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The tracking run a checkpoint was logging to (``{"run_id", "spool_id"}``), or None; read
+    memory-mapped, so the weights are not loaded."""
+    if not Path(path).is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an unsafe or odd checkpoint: load_checkpoint reports it
+        return None
+    return state.get("tracking")

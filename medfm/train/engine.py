@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-from medfm.tracking.base import Logger, NullLogger
+from medfm.tracking.base import Logger, NullLogger, tracking_state
 from medfm.train import distributed as D
 from medfm.train.checkpoint import (
     CHECKPOINT,
@@ -107,7 +107,7 @@ def _resume(run: RunState) -> int:
     return int(state["step"])
 
 
-def _checkpoint(run: RunState, step: int) -> None:
+def _checkpoint(run: RunState, step: int, logger: Logger | None = None) -> None:
     rngs = D.gather_objects(rng_state(), run.info)  # every rank's RNG, for an exact resume
     if run.info.is_main:
         save_checkpoint(
@@ -119,6 +119,7 @@ def _checkpoint(run: RunState, step: int) -> None:
                 "scheduler": run.sched.state_dict(),
                 "rng": rngs,
                 "best": run.best,
+                "tracking": tracking_state(logger) if logger is not None else None,
             },
         )
     D.barrier(run.info)
@@ -254,7 +255,7 @@ def _after_step(run: RunState, loop: _Loop, bar: tqdm, done: int, loss: float, t
         log.info("Stopping at step %d: train.max_minutes=%s reached", done, tc.max_minutes)
         stop = True
     if stop or done % int(tc.checkpoint_every) == 0:
-        _checkpoint(run, done)
+        _checkpoint(run, done, loop.logger)
     return stop
 
 

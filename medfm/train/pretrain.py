@@ -27,8 +27,9 @@ from medfm.data.transforms.preprocess import resolve_preprocess
 from medfm.models.backbones import create_backbone
 from medfm.models.encoder_io import save_encoder
 from medfm.ssl import build_objective
-from medfm.tracking.base import Logger, NullLogger
+from medfm.tracking.base import Logger, NullLogger, continue_run
 from medfm.train import distributed as D
+from medfm.train.checkpoint import CHECKPOINT, checkpoint_tracking
 from medfm.train.engine import TrainResult, train
 from medfm.train.seed import seed_everything
 
@@ -195,6 +196,7 @@ def pretrain(
     cfg = resolve_data(cfg, rows)
     out_dir = Path(cfg.out_dir)
     if info.is_main:
+        continue_run(logger, checkpoint_tracking(out_dir / CHECKPOINT))  # the resumed run's
         save_config(cfg, out_dir / "config.yaml")
         logger.log_params(flatten(cfg))
         logger.log_artifact(out_dir / "config.yaml")
