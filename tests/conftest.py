@@ -1,5 +1,6 @@
 """Shared fixtures: a real ``mlflow server`` (sqlite backend, 127.0.0.1, a free port)."""
 
+import contextlib
 import math
 import os
 import signal
@@ -34,10 +35,10 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log_path, timeout: float = 9
     )
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
+def _start_mlflow_server(root, port: int) -> tuple[str, subprocess.Popen]:
+    """A real ``mlflow server`` on 127.0.0.1:``port`` storing in ``root`` (sqlite
+    ``root/mlflow.db``, artifacts in ``root/artifacts``), once healthy: its URL and process."""
+    root.mkdir(parents=True, exist_ok=True)
     log_path = root / "server.log"
     cmd = [
         sys.executable,
@@ -55,18 +56,64 @@ def mlflow_server(tmp_path_factory):
         "--workers",
         "1",
     ]
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc, log_path)
+    except BaseException:
+        _stop_mlflow_server(proc)
+        raise
+    return url, proc
+
+
+def _stop_mlflow_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """End the server's whole process group (``sig``, then SIGKILL after 20 s)."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    url, proc = _start_mlflow_server(tmp_path_factory.mktemp("mlflow_server"), _free_port())
+    try:
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _stop_mlflow_server(proc)
+
+
+class MlflowServers:
+    """Servers a test starts, kills and restarts: ``start(root, port)`` gives ``(url, proc)``,
+    ``stop(proc, sig)`` ends one, ``free_port()`` a port with nothing listening."""
+
+    free_port = staticmethod(_free_port)
+    stop = staticmethod(_stop_mlflow_server)
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, root, port: int) -> tuple[str, subprocess.Popen]:
+        url, proc = _start_mlflow_server(root, port)
+        self.procs.append(proc)
+        return url, proc
+
+
+@pytest.fixture
+def mlflow_servers():
+    """Function-scoped :class:`MlflowServers`; every server still running is stopped after."""
+    servers = MlflowServers()
+    try:
+        yield servers
+    finally:
+        for proc in servers.procs:
+            _stop_mlflow_server(proc)
 
 
 def _assert_nested_close(

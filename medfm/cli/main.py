@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from medfm import __version__
 from medfm.cli import (
     data_cmds,
+    deidentify_cmd,
     demo_cmd,
     evaluate_cmd,
     pretrain_cmd,
@@ -23,6 +24,7 @@ COMMANDS = (
     demo_cmd,
     data_cmds.synthetic,
     data_cmds.ingest,
+    deidentify_cmd,
     shard_cmd,
     pretrain_cmd,
     evaluate_cmd,

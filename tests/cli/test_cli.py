@@ -6,7 +6,16 @@ import pytest
 
 from medfm.cli.main import build_parser, main
 
-SUBCOMMANDS = ["demo", "synthetic", "ingest", "shard", "pretrain", "evaluate", "robustness"]
+SUBCOMMANDS = [
+    "demo",
+    "synthetic",
+    "ingest",
+    "deidentify",
+    "shard",
+    "pretrain",
+    "evaluate",
+    "robustness",
+]
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

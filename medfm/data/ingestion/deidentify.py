@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 from medfm.data.ingestion.ingest import scan
 from medfm.data.ingestion.manifest import write_csv
 from medfm.data.ingestion.pseudonym import pseudonymize, resolve_salt
+from medfm.data.ingestion.source_map import shareable_suffix
 from medfm.io import atomic_path
 
 QUARANTINE_FILE = "quarantine.csv"
@@ -99,11 +100,6 @@ BASIC_PROFILE_EMPTY = frozenset({"PatientBirthDate", "PatientSex"})
 PROFILE_CODES = (
     ("113100", "Basic Application Confidentiality Profile"),
     ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
-)
-# Suffixes written to quarantine.csv; any other (it may be part of a name) is written as "".
-KNOWN_SUFFIXES = frozenset(
-    ".dcm .dicom .ima .img .hdr .nii .gz .mha .mhd .nrrd .png .jpg .jpeg .bmp .tif .tiff .svs "
-    ".ndpi .npz .npy .zip .txt .csv .json .xml .pdf .raw".split()
 )
 
 
@@ -197,10 +193,9 @@ def _instance_name(ds: Dataset, used: set[str]) -> str:
 
 def _quarantine_row(file: Path, reason: str, salt: bytes) -> dict:
     path = str(file.resolve())
-    suffix = file.suffix.lower()
     return {
         "id": pseudonymize(path, salt, "file"),
-        "suffix": suffix if suffix in KNOWN_SUFFIXES else "",
+        "suffix": shareable_suffix(file),
         "reason": reason,
     }
 

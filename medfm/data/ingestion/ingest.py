@@ -36,7 +36,7 @@ from medfm.data.ingestion.rows import (
     medmnist_file_rows,
     wsi_rows,
 )
-from medfm.data.ingestion.source_map import shareable_path, write_source_map
+from medfm.data.ingestion.source_map import shareable_path, shareable_suffix, write_source_map
 from medfm.data.ingestion.splits import assign_splits, check_no_patient_leak
 from medfm.data.slides.reading import WSI_SUFFIXES
 from medfm.data.sources.dicom_series import is_dicom_file
@@ -240,7 +240,7 @@ def _quarantine_row(rejected: dict, key: bytes, links: dict[str, str]) -> dict:
     reason, parts = str(rejected["reason"]), Path(path).parts
     for tail in [os.path.join(*parts[i:]) for i in range(len(parts))]:  # longest first
         reason = reason.replace(tail, file_id)
-    return {"id": file_id, "suffix": "".join(Path(path).suffixes)[-12:], "reason": reason}
+    return {"id": file_id, "suffix": shareable_suffix(path), "reason": reason}
 
 
 def _label_reject_row(rejected: dict) -> dict:

@@ -26,6 +26,21 @@ from medfm.io import atomic_path
 
 SOURCE_MAP = Path("private") / "source_map.csv"
 PREFIX = "source:"
+KNOWN_SUFFIXES = frozenset(
+    ".dcm .dicom .ima .img .hdr .nii .gz .mha .mhd .nrrd .png .jpg .jpeg .bmp .tif .tiff .svs "
+    ".ndpi .npz .npy .zip .txt .csv .json .xml .pdf .raw".split()
+)
+
+
+def shareable_suffix(path: str | os.PathLike) -> str:
+    """The file's trailing known suffixes (``.nii.gz``), lower-case; ``""`` when unknown, since a
+    dotted name such as ``John.Doe`` would otherwise leak part of itself as a "suffix"."""
+    kept = []
+    for suffix in reversed(Path(path).suffixes):
+        if suffix.lower() not in KNOWN_SUFFIXES:
+            break
+        kept.insert(0, suffix.lower())
+    return "".join(kept)
 
 
 def write_source_map(out_dir: str | os.PathLike, links: Mapping[str, str]) -> Path:
