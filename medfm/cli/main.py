@@ -16,6 +16,7 @@ from medfm.cli import (
     pretrain_cmd,
     robustness_cmd,
     shard_cmd,
+    sync_cmd,
 )
 from medfm.config import ConfigError
 from medfm.train.errors import NonFiniteLossError
@@ -29,6 +30,7 @@ COMMANDS = (
     pretrain_cmd,
     evaluate_cmd,
     robustness_cmd,
+    sync_cmd,
 )
 
 

@@ -143,6 +143,8 @@ class SyntheticSpec:
 
 @dataclasses.dataclass
 class SyntheticImage:
+    """One generated image: its pixels, class, center, case (patient) and file format."""
+
     image: np.ndarray  # uint8, (H, W) or (H, W, 3)
     label: int
     center: CenterProfile

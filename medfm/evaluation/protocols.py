@@ -35,6 +35,8 @@ class Protocol:
 
     @property
     def name(self) -> str:
+        """The protocol as written in ``eval.protocols`` (``full``, ``fewshot:5``,
+        ``fraction:0.1``, ``loco``)."""
         if self.kind == "fewshot":
             return f"fewshot:{int(self.value)}"
         if self.kind == "fraction":

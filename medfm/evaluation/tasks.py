@@ -55,6 +55,7 @@ class EvalTask:
 
     @classmethod
     def from_rows(cls, rows: Sequence[dict]) -> EvalTask:
+        """The task of manifest ``rows``: labels, splits, patients and centers as arrays."""
         col = lambda k: np.array([str(r.get(k, "") or "") for r in rows])  # noqa: E731
         raw = col("label")
         labelled = raw != ""
@@ -71,10 +72,12 @@ class EvalTask:
 
     @property
     def multilabel(self) -> bool:
+        """True when the labels are multi-label (ChestMNIST-like)."""
         return self.labels.ndim == 2
 
     @property
     def classes(self) -> np.ndarray:
+        """The sorted class names."""
         return np.unique(self.labels[self.labelled]) if not self.multilabel else np.array([0, 1])
 
     def _check(self) -> None:
@@ -120,6 +123,7 @@ class EvalTask:
         return p if (p != "").all() and len(np.unique(p)) < len(p) else None
 
     def centers(self, idx: np.ndarray) -> np.ndarray | None:
+        """The center of each sample (empty strings when unknown)."""
         c = self.center[idx]
         return c if (c != "").all() and len(np.unique(c)) > 1 else None
 

@@ -97,6 +97,7 @@ class FineTuneClassifier(nn.Module):
         return self.layer_decay ** (self.depth + 1 - self._layer(name))
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, n_classes)`` logits of an image batch."""
         return self.head(encode(self.encoder, images, self.pooling))
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -171,16 +172,7 @@ def fine_tune(
     last weights are kept. Runs on the GPU when there is one.
     """
     out_dir = Path(out_dir)
-    encoder = make_encoder()  # the same initial weights for every seed (soups need that) ...
-    torch.manual_seed(seed)  # ... while the seed drives augmentation and drop-out
-    model = FineTuneClassifier(
-        encoder,
-        len(classes),
-        pooling,
-        None if ft_cfg.train_blocks is None else int(ft_cfg.train_blocks),
-        float(ft_cfg.layer_decay),
-        bool(ft_cfg.augment),
-    )
+    model = _classifier(make_encoder, len(classes), ft_cfg, pooling, seed)
     targets = torch.as_tensor(np.searchsorted(classes, labels), dtype=torch.long)
     y_val = np.asarray(labels)[val_idx]
     val_images = stack_images(dataset, val_idx) if len(np.unique(y_val)) > 1 else None
@@ -212,10 +204,33 @@ def fine_tune(
         monitor=monitor if val_images is not None else None,
         info=info,
     )
+    return model.eval(), _keep_best(model, out_dir, result.steps)
+
+
+def _classifier(
+    make_encoder: Callable[[], nn.Module],
+    n_classes: int,
+    ft_cfg: DictConfig,
+    pooling: str,
+    seed: int,
+) -> FineTuneClassifier:
+    encoder = make_encoder()  # the same initial weights for every seed (soups need that) ...
+    torch.manual_seed(seed)  # ... while the seed drives augmentation and drop-out
+    return FineTuneClassifier(
+        encoder,
+        n_classes,
+        pooling,
+        None if ft_cfg.train_blocks is None else int(ft_cfg.train_blocks),
+        float(ft_cfg.layer_decay),
+        bool(ft_cfg.augment),
+    )
+
+
+def _keep_best(model: FineTuneClassifier, out_dir: Path, steps: int) -> FineTuneResult:
+    """Load the best validation weights into ``model``; without a validation AUC (no val split
+    of two classes) the last weights stay."""
     best = load_checkpoint(out_dir / "best.pt")
-    if best is not None:
-        model.load_state_dict(best["model"])
-        summary = FineTuneResult(best["value"], best["step"], result.steps)
-    else:  # no validation AUC (no val split of two classes): the last weights
-        summary = FineTuneResult(float("nan"), result.steps, result.steps)
-    return model.eval(), summary
+    if best is None:
+        return FineTuneResult(float("nan"), steps, steps)
+    model.load_state_dict(best["model"])
+    return FineTuneResult(best["value"], best["step"], steps)

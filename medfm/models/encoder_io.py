@@ -58,6 +58,7 @@ def _artifact_dir(path: str | os.PathLike) -> Path:
 
 
 def load_encoder_config(path: str | os.PathLike) -> DictConfig:
+    """The resolved ``config.yaml`` of an encoder artifact (a run folder or its weights file)."""
     return OmegaConf.load(_artifact_dir(path) / CONFIG)
 
 

@@ -188,9 +188,11 @@ class DINO(nn.Module):
 
     @property
     def encoder(self) -> Encoder:
+        """The student backbone, the encoder that is saved."""
         return self.student.encoder
 
     def current_momentum(self) -> float:
+        """The teacher's EMA momentum at the current step (cosine schedule to 1)."""
         return cosine_momentum(
             int(self.ema_steps), self.momentum_steps, self.momentum, self.momentum_final
         )

@@ -39,6 +39,7 @@ class EMATeacher(nn.Module):
         self.module.eval()
 
     def train(self, mode: bool = True) -> EMATeacher:
+        """Keep the teacher in eval mode whatever the student's mode."""
         super().train(mode)
         self.module.eval()
         return self

@@ -75,6 +75,7 @@ class Hybrid(nn.Module):
 
     @property
     def encoder(self) -> VisionTransformer | ViT3D:
+        """The shared backbone, the encoder that is saved."""
         return self.mae.encoder
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -103,6 +103,7 @@ class NTXentLoss(nn.Module):
         return info_nce(z1, z2, self.temperature)
 
     def extra_repr(self) -> str:
+        """The temperature, shown in the module's repr."""
         return f"temperature={self.temperature}"
 
 
@@ -213,6 +214,7 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_out: Sequence[torch.Tensor]) -> None:
+        """Move the teacher centre towards the global batch mean of ``teacher_out`` (EMA)."""
         batch_mean = torch.cat(list(teacher_out)).to(self.center).mean(dim=0, keepdim=True)
         batch_mean = G.all_reduce_mean(batch_mean)  # the global batch's mean under DDP
         self.center.mul_(self.center_momentum).add_(batch_mean, alpha=1 - self.center_momentum)

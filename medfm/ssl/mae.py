@@ -132,6 +132,7 @@ class MAE(nn.Module):
     def forward_encoder(
         self, images: torch.Tensor, sample_seeds: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode the visible patches: ``(tokens of kept patches, mask, restore indices)``."""
         enc = self.encoder
         x = self._embed(images)  # (B, N, D)
         prefix = enc.num_prefix_tokens

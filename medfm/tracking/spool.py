@@ -115,6 +115,7 @@ class Journal:
 
     @property
     def parent(self) -> str | None:
+        """The journal id of the parent run, for a nested run."""
         return self.header.get("parent")
 
     def _write(self, record: dict[str, Any]) -> None:
@@ -135,11 +136,13 @@ class Journal:
             return entry
 
     def set_run_id(self, run_id: str) -> None:
+        """Record the MLflow run id the server gave this journal's run."""
         with self.lock:
             self.run_id = run_id
             self._write({"op": "created", "run_id": run_id})
 
     def mark_sent(self, seqs: list[int]) -> None:
+        """Record that the server accepted the entries numbered ``numbers``."""
         with self.lock:
             self.sent.update(seqs)
             self._write({"op": "sent", "seqs": seqs})

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class TrainResult:
+    """What a training run ended with: steps, final loss, images/s, the best monitor value and
+    where it resumed from."""
+
     steps: int
     final_loss: float
     images_per_second: float

@@ -16,6 +16,7 @@ class Throughput:
         self.t0, self.seen, self.wait, self.steps = time.perf_counter(), 0, 0.0, 0
 
     def add(self, images: int, waited: float) -> None:
+        """Count one step's images and the seconds spent waiting for them."""
         self.seen, self.wait, self.steps = (
             self.seen + images * self.world,
             self.wait + waited,
@@ -23,9 +24,11 @@ class Throughput:
         )
 
     def elapsed(self) -> float:
+        """Seconds since the meter started."""
         return max(time.perf_counter() - self.t0, 1e-9)
 
     def summary(self) -> dict[str, float]:
+        """images/s, the data-wait fraction and MFU so far."""
         elapsed = self.elapsed()
         return {
             "images_per_second": self.seen / elapsed,

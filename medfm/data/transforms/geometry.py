@@ -128,6 +128,7 @@ class RandSliceSample(RandomizableTransform):
         self.index = 0
 
     def randomize(self, size: int) -> None:
+        """Draw which slice (or slab) the next call takes."""
         super().randomize(None)
         self.index = int(self.R.randint(size)) if self._do_transform else size // 2
 
@@ -167,11 +168,13 @@ class RandSliceSampled(Randomizable, MapTransform):
         self.sampler = RandSliceSample(axis, prob)
 
     def randomize(self, size: int) -> None:
+        """Draw the slice shared by every key of the next call."""
         self.sampler.randomize(size)
 
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None
     ) -> RandSliceSampled:
+        """Seed this transform and its array form alike."""
         super().set_random_state(seed, state)
         self.sampler.set_random_state(seed, state)
         return self

@@ -29,6 +29,8 @@ def patch_size(data_cfg: DictConfig) -> tuple[int, ...] | None:
 
 
 def samples_per_volume(data_cfg: DictConfig) -> int:
+    """``data.patch.samples_per_volume``: random patches drawn per image and step (1 without
+    patches)."""
     patch = data_cfg.get("patch") or {}
     return int(patch.get("samples_per_volume") or 1) if patch.get("size") is not None else 1
 

@@ -168,6 +168,7 @@ class RandFieldAffine(RandomizableTransform):
         return np.stack([gaussian_random_field(shape, self.length_scale, self.R) for _ in range(n)])
 
     def randomize(self, spatial_shape: Sequence[int]) -> None:
+        """Draw the next random displacement field for images of ``spatial_shape``."""
         super().randomize(None)
         self.displacement = None
         if not self._do_transform or self.strength == 0:
@@ -285,6 +286,7 @@ class RandFieldAffined(RandomizableTransform, MapTransform):
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None
     ) -> RandFieldAffined:
+        """Seed this transform and its array form alike."""
         super().set_random_state(seed, state)
         self.warp.set_random_state(seed, state)
         return self
@@ -320,6 +322,7 @@ class RandFieldIntensityd(RandomizableTransform, MapTransform):
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None
     ) -> RandFieldIntensityd:
+        """Seed this transform and its array form alike."""
         super().set_random_state(seed, state)
         self.intensity.set_random_state(seed, state)
         return self

@@ -236,6 +236,7 @@ class RandStainAugment(RandomizableTransform):
         self.shift = np.zeros(2)
 
     def randomize(self, data: object = None) -> None:
+        """Draw the next stain scaling and shift (Tellez et al. 2018)."""
         super().randomize(None)
         if not self._do_transform:
             return
@@ -309,6 +310,7 @@ class RandStainAugmentd(RandomizableTransform, MapTransform):
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None
     ) -> RandStainAugmentd:
+        """Seed this transform and its array form alike."""
         super().set_random_state(seed, state)
         self.augment.set_random_state(seed, state)
         return self
