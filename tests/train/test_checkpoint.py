@@ -187,7 +187,8 @@ def test_checkpoints_the_engine_writes_load_with_weights_only(monkeypatch, tmp_p
     _tiny_run(tmp_path)
     direct = torch.load(tmp_path / C.CHECKPOINT, weights_only=True)
     assert direct["step"] == 4 and direct["best"] == {"metric": "knn_acc", "value": 0.4, "step": 4}
-    assert set(direct) == {"step", "model", "optimizer", "scheduler", "rng", "best"}
+    assert set(direct) == {"step", "model", "optimizer", "scheduler", "rng", "best", "tracking"}
+    assert direct["tracking"] is None  # tracking off: no MLflow run to continue
     assert len(direct["rng"]) == 1 and direct["rng"][0]["numpy"]["keys"].dtype == torch.int64
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["step"] == 4 and best["value"] == 0.4
