@@ -159,8 +159,8 @@ def evaluate(
         more, more_roc = image_rows(enc, dataset, task, heads, protocols, cfg, out_dir)
         metrics.update(more)
         roc.update(more_roc)
-    log_nested(metrics, logger)
     write_outputs(metrics, roc, out_dir, f"{enc.name} on {Path(data).name}", logger)
+    log_nested(metrics, logger)  # after the files: a tracking failure cannot cost the results
     return metrics
 
 

@@ -232,3 +232,25 @@ def test_three_dimensional_volumes_from_a_medmnist_3d_file(tmp_path):
     assert set(metrics) == {"linear", "gda", "pixels:linear"}  # a random: encoder has no twin
     assert metrics["pixels:linear"]["full"]["test_auc"] > 0.9
     assert 0.0 <= metrics["linear"]["full"]["test_auc"] <= 1.0
+
+
+def test_results_are_written_before_anything_is_logged(small, tmp_path):
+    """A tracking call that fails after the work is done cannot cost the results: metrics.json
+    and metrics.md are on disk before the first metric or artifact is logged."""
+    from medfm.tracking.base import NullLogger
+
+    out = tmp_path / "eval"
+
+    class FailingLogger(NullLogger):
+        def log_metrics(self, metrics, step=None):
+            assert (out / "metrics.json").is_file() and (out / "metrics.md").is_file()
+            raise ConnectionError("tracking server gone")
+
+        def log_artifact(self, path, artifact_path=None):
+            assert (out / "metrics.json").is_file()
+
+    cfg = _cfg("eval.heads=[linear]", "eval.baselines=false")
+    with pytest.raises(ConnectionError, match="tracking server gone"):
+        evaluate(str(small["encoder"]), small["npz"], cfg, out, FailingLogger(), progress=False)
+    written = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= written["linear"]["full"]["test_auc"] <= 1.0
