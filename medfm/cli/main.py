@@ -13,6 +13,7 @@ from medfm.cli import (
     deidentify_cmd,
     demo_cmd,
     evaluate_cmd,
+    export_cmd,
     pretrain_cmd,
     robustness_cmd,
     shard_cmd,
@@ -30,6 +31,7 @@ COMMANDS = (
     pretrain_cmd,
     evaluate_cmd,
     robustness_cmd,
+    export_cmd,
     sync_cmd,
 )
 
