@@ -15,6 +15,7 @@ from medfm.cli import (
     evaluate_cmd,
     export_cmd,
     pretrain_cmd,
+    register_cmd,
     robustness_cmd,
     shard_cmd,
     sync_cmd,
@@ -31,6 +32,7 @@ COMMANDS = (
     pretrain_cmd,
     evaluate_cmd,
     robustness_cmd,
+    register_cmd,
     export_cmd,
     sync_cmd,
 )

@@ -5,6 +5,9 @@
 * a medfm encoder: a ``medfm pretrain`` out_dir or its ``encoder.safetensors``;
 * ``random:<run dir>`` (that architecture at random initialisation) or ``random:<arch>`` (a timm
   ViT name or ``vit3d_*`` / ``unified_*``, built as ``medfm pretrain`` would build it);
+* ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``: a version registered by ``medfm register``
+  on the MLflow server of ``MLFLOW_TRACKING_URI``, downloaded once to
+  :func:`medfm.features.model_registry.default_cache_dir`;
 * ``timm:<name>`` with weights from a local file (``--weights FILE`` or ``timm:<name>@FILE``);
   nothing is ever downloaded. Its images are resized to the model's default input size unless
   ``data.image_size`` is given.
@@ -137,6 +140,11 @@ def _from_timm(
 
 def check_encoder_spec(spec: str) -> None:
     """Fail fast (before any data is read) on a path that is no encoder artifact."""
+    if spec.startswith("models:/"):  # a registered MLflow model version (medfm register)
+        from medfm.features.model_registry import parse_model_uri
+
+        parse_model_uri(spec)
+        return
     if not spec.startswith(("timm:", "random:")) and not _is_run(spec):
         raise FileNotFoundError(
             f"No encoder artifact at --encoder {spec}: expected a `medfm pretrain` out_dir (with "
@@ -174,8 +182,13 @@ def resolve_encoder(
             return _from_timm(spec, target[5:], None, data_cfg, image_size, seed, True)
         return _from_arch(spec, target, _sized(data_cfg, image_size), seed, model_cfg)
     check_encoder_spec(spec)
-    enc = _with_size(_from_run(spec, spec, False, seed), image_size)
-    enc.twin = _with_size(_from_run(f"random:{spec}", spec, True, seed), image_size)
+    path = spec
+    if spec.startswith("models:/"):  # downloaded once to a cache folder, then a run folder
+        from medfm.features.model_registry import download_encoder
+
+        path = str(download_encoder(spec))
+    enc = _with_size(_from_run(spec, path, False, seed), image_size)
+    enc.twin = _with_size(_from_run(f"random:{spec}", path, True, seed), image_size)
     return enc
 
 

@@ -231,7 +231,9 @@ def audit_encoders(
     """Embed the manifest ``data`` with every encoder spec and :func:`run_audit` them.
 
     ``encoders`` are the specs ``medfm evaluate`` accepts (a ``medfm pretrain`` out_dir,
-    ``random:<dir or arch>``, ``timm:<name>`` with a local weights file); ``weights`` is one
+    ``random:<dir or arch>``, ``timm:<name>`` with a local weights file, ``models:/NAME/VERSION``
+    or ``models:/NAME@ALIAS``: that version also gets the RI tags and the card, see
+    :func:`medfm.features.model_registry.attach_results`); ``weights`` is one
     file for every ``timm:`` spec or ``{spec: file}``. ``bio``, ``center`` and ``group`` name
     manifest columns (``group=None``: no neighbour exclusion). ``cfg`` (a
     :func:`medfm.config.load_config` result) gives ``data.*`` / ``model.*`` for architectures
@@ -252,4 +254,9 @@ def audit_encoders(
         image_size=image_size,
         cache_dir=cache,
     )
-    return run_audit(datasets, out_dir, k=k, n_boot=n_boot, seed=seed, title=title, logger=logger)
+    result = run_audit(datasets, out_dir, k=k, n_boot=n_boot, seed=seed, title=title, logger=logger)
+    if any(str(spec).startswith("models:/") for spec in encoders):  # medfm register versions
+        from medfm.features.model_registry import attach_model_versions
+
+        attach_model_versions(encoders, out_dir)  # RI tags + card on each registered version
+    return result

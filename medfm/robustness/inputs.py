@@ -75,7 +75,10 @@ def weights_for(spec: str, weights: Weights) -> str | None:
 
 def encoder_name(spec: str) -> str:
     """The encoder's name in the results: a run folder's name (``random:`` kept), else the spec
-    without a ``@FILE`` suffix (``timm:vit_small_patch16_224``, ``random:vit_tiny``)."""
+    without a ``@FILE`` suffix (``timm:vit_small_patch16_224``, ``random:vit_tiny``); a
+    ``models:/`` spec as written."""
+    if spec.startswith("models:/"):  # a registered version: @ALIAS is part of the name
+        return spec
     random_init = spec.startswith("random:")
     target = spec.removeprefix("random:")
     if target.startswith("timm:") or not Path(target).exists():

@@ -15,6 +15,7 @@ SUBCOMMANDS = [
     "pretrain",
     "evaluate",
     "robustness",
+    "register",
     "export",
     "sync",
 ]

@@ -1,0 +1,280 @@
+"""An encoder run folder as a registered MLflow model version (``medfm register``).
+
+The version's model is an MLflow pyfunc (:class:`EncoderModel`) whose only artifact is the folder
+``artifacts/encoder/`` holding ``encoder.safetensors`` and ``config.yaml``, exactly a
+``medfm pretrain`` out_dir. ``mlflow.pyfunc.load_model("models:/NAME/VERSION").predict(batch)``
+returns the pooled embeddings of a float32 batch ``(B, C, H, W)`` (``(B, C, D, H, W)`` in 3D), as
+:func:`medfm.models.backbones.encode` gives them; the folder itself also loads with
+:func:`medfm.models.encoder_io.load_encoder` as a torch module. Loading needs medfm installed.
+
+Version tags say what the encoder is without naming a source path: ``medfm.model_name``,
+``medfm.ssl_objective``, ``medfm.recipe_sha256`` (of the resolved ``config.yaml``), and
+``medfm.data_sha256`` (of the training manifest file, with its file name in
+``medfm.manifest_name``; without a manifest, of the ``data.path`` string).
+
+mlflow is imported here at module level; import this module lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from medfm.models.encoder_io import CONFIG, WEIGHTS, load_encoder_config
+
+ARTIFACT = "encoder"  # the artifacts/ sub-folder of the model that holds the run folder
+EXPERIMENT = "medfm-registry"
+_REQUIREMENTS = ("torch", "timm", "safetensors", "omegaconf", "numpy")
+
+
+class EncoderModel(mlflow.pyfunc.PythonModel):
+    """A medfm encoder as an MLflow pyfunc: ``predict(batch)`` -> pooled ``(B, D)`` embeddings."""
+
+    def load_context(self, context: Any) -> None:
+        """Rebuild the backbone from the model's ``encoder`` artifact folder."""
+        from medfm.models.encoder_io import load_encoder
+
+        self.model, self.cfg = load_encoder(context.artifacts[ARTIFACT])
+        self.pooling = str(self.cfg.model.get("pooling", "mean"))
+
+    def predict(self, context, model_input, params=None):  # no hints: mlflow reads them
+        """Float32 ``(B, C, H, W)`` / ``(B, C, D, H, W)`` batch -> ``(B, D)`` float32 embeddings."""
+        import torch
+
+        from medfm.models.backbones import encode
+
+        batch = torch.from_numpy(np.ascontiguousarray(np.asarray(model_input, dtype=np.float32)))
+        with torch.no_grad():
+            return encode(self.model, batch, self.pooling).numpy().astype(np.float32)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def encoder_tags(run_dir: str | os.PathLike) -> dict[str, str]:
+    """The version tags of the encoder in ``run_dir`` (see the module docstring); no paths."""
+    run_dir = Path(run_dir)
+    cfg = load_encoder_config(run_dir)
+    tags = {
+        "medfm.model_name": str(cfg.model.name),
+        "medfm.ssl_objective": str(cfg.get("ssl", {}).get("objective", "")),
+        "medfm.recipe_sha256": _sha256_file(run_dir / CONFIG),
+    }
+    data = cfg.get("data", {})
+    manifest = data.get("manifest")
+    if manifest and Path(str(manifest)).is_file():
+        tags["medfm.data_sha256"] = _sha256_file(Path(str(manifest)))
+        tags["medfm.manifest_name"] = Path(str(manifest)).name
+    elif data.get("path"):
+        tags["medfm.data_sha256"] = hashlib.sha256(str(data.path).encode()).hexdigest()
+    return tags
+
+
+def _signature(cfg: Any) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    size, channels = int(cfg.data.image_size), int(cfg.data.channels)
+    depth = cfg.data.get("depth_size") if cfg.model.name.startswith(("vit3d", "unified")) else None
+    shape = (-1, channels, *((int(depth),) if depth else ()), size, size)
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1))]),
+    )
+
+
+def _pins() -> list[str]:
+    pins = []
+    for package in ("medfm", *_REQUIREMENTS):
+        try:
+            pins.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+@contextlib.contextmanager
+def _using(tracking_uri: str | None) -> Iterator[None]:
+    """Point mlflow's global tracking and registry URIs at ``tracking_uri`` for a while."""
+    if tracking_uri is None:
+        yield
+        return
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+
+
+def register_encoder(
+    run_dir: str | os.PathLike,
+    name: str,
+    tracking_uri: str | None = None,
+    alias: str | None = None,
+    experiment: str = EXPERIMENT,
+) -> str:
+    """Log the encoder of ``run_dir`` in a new MLflow run and register it as model ``name``.
+
+    Returns the new version number (a string). ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``)
+    serves as registry URI too; ``alias`` is moved to the new version.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_encoder_config(run_dir)  # FileNotFoundError unless weights + config are there
+    tags = encoder_tags(run_dir)
+    with _using(tracking_uri), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        folder = Path(tmp) / ARTIFACT
+        folder.mkdir()
+        for file in (WEIGHTS, CONFIG):
+            shutil.copy2(run_dir / file, folder / file)
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name=f"register-{name}", tags=tags) as run:
+            warnings.filterwarnings("ignore", "An input example was not provided")
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=EncoderModel(),
+                artifacts={ARTIFACT: str(folder)},
+                signature=_signature(cfg),
+                pip_requirements=_pins(),
+                registered_model_name=name,
+            )
+        version = str(info.registered_model_version)
+        client = MlflowClient()
+        for key, value in {**tags, "medfm.run_id": run.info.run_id}.items():
+            client.set_model_version_tag(name, version, key, value)
+        if alias:
+            client.set_registered_model_alias(name, alias, version)
+    return version
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME/VERSION`` -> ``(NAME, VERSION, None)``; ``models:/NAME@ALIAS`` ->
+    ``(NAME, None, ALIAS)``; ValueError otherwise."""
+    body = uri.removeprefix("models:/") if uri.startswith("models:/") else None
+    if body:
+        if "@" in body:
+            name, _, alias = body.partition("@")
+            if name and alias and "/" not in body:
+                return name, None, alias
+        else:
+            name, _, version = body.rpartition("/")
+            if name and version.isdigit():
+                return name, version, None
+    raise ValueError(f"{uri!r}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+
+
+def resolve_version(uri: str, tracking_uri: str | None = None) -> tuple[str, str]:
+    """``(NAME, VERSION)`` of a ``models:/`` URI, an alias resolved to the version it names now."""
+    name, version, alias = parse_model_uri(uri)
+    if version is None:
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        version = str(client.get_model_version_by_alias(name, alias).version)
+    return name, version
+
+
+def default_cache_dir() -> Path:
+    """``$MEDFM_MODEL_CACHE``, else ``~/.cache/medfm/models``: downloaded model versions."""
+    env = os.environ.get("MEDFM_MODEL_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "medfm" / "models"
+
+
+def download_encoder(
+    uri: str, cache_dir: str | os.PathLike | None = None, tracking_uri: str | None = None
+) -> Path:
+    """The run folder (``encoder.safetensors`` + ``config.yaml``) of a registered version.
+
+    Downloaded once to ``cache_dir/NAME/VERSION`` (a version's files never change); an alias is
+    resolved to its current version first.
+    """
+    name, version = resolve_version(uri, tracking_uri)
+    target = Path(cache_dir or default_cache_dir()) / name / version
+    folder = target / "artifacts" / ARTIFACT
+    if (folder / WEIGHTS).is_file() and (folder / CONFIG).is_file():
+        return folder
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _using(tracking_uri):
+        partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{version}-"))
+        try:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}", dst_path=str(partial)
+            )
+            if target.exists():
+                shutil.rmtree(target)
+            partial.rename(target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    if not (folder / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{uri}: model version has no {ARTIFACT}/{WEIGHTS} artifact")
+    return folder
+
+
+def _ri_tags(entry: Mapping[str, Any]) -> dict[str, str]:
+    """``medfm.ri_*`` tags of one encoder's entry of ``robustness.json``: both variants, CIs."""
+    tags = {"medfm.ri_k": str(entry["k"])}
+    variants = (("robustness_index", "ratio"), ("robustness_index_normalized", "normalized"))
+    for key, short in variants:
+        tags[f"medfm.ri_{short}"] = str(entry[key])
+        lo, hi = entry[f"{key}_ci95"]
+        tags[f"medfm.ri_{short}_ci95"] = f"[{lo}, {hi}]"
+    return tags
+
+
+def attach_results(
+    version_uri: str,
+    robustness_json: str | os.PathLike,
+    card_path: str | os.PathLike | None = None,
+    tracking_uri: str | None = None,
+    encoder: str | None = None,
+) -> dict[str, str]:
+    """Tag a registered version with its robustness indices and log its robustness card.
+
+    The entry of ``robustness_json`` is ``encoder`` (default: ``version_uri``, else the only
+    one); its ``medfm.ri_ratio`` / ``medfm.ri_normalized`` (with ``_ci95``) and ``medfm.ri_k``
+    tags are set on the version, and ``card_path`` is logged under ``robustness/`` of the run that
+    logged the version. Returns the tags set.
+    """
+    encoders = json.loads(Path(robustness_json).read_text())["encoders"]
+    key = encoder or (version_uri if version_uri in encoders else None)
+    if key is None:
+        if len(encoders) != 1:
+            raise ValueError(f"{robustness_json} has {len(encoders)} encoders; name one")
+        key = next(iter(encoders))
+    name, version = resolve_version(version_uri, tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    tags = _ri_tags(encoders[key])
+    for tag, value in tags.items():
+        client.set_model_version_tag(name, version, tag, value)
+    if card_path is not None:
+        run_id = client.get_model_version(name, version).run_id
+        client.log_artifact(run_id, str(card_path), "robustness")
+    return tags
+
+
+def attach_model_versions(specs: Iterable[str], out_dir: str | os.PathLike) -> None:
+    """:func:`attach_results` of ``out_dir/robustness.json`` and ``report.html`` for every
+    ``models:/`` spec among ``specs`` (what ``medfm audit`` calls after writing them)."""
+    out_dir = Path(out_dir)
+    card = out_dir / "report.html"
+    for spec in specs:
+        if spec.startswith("models:/"):
+            attach_results(spec, out_dir / "robustness.json", card if card.is_file() else None)
