@@ -6,6 +6,8 @@ import argparse
 import json
 from types import SimpleNamespace
 
+from medfm.cli.options import add_run_options
+
 
 def _add_synthetic(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -103,7 +105,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         help="minimum tissue fraction of a kept whole-slide tile",
     )
     p.add_argument("--max-tiles", type=int, help="at most this many tiles per slide, evenly spaced")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_run_options(p, tracking=False)
     p.set_defaults(run=_run_ingest)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from medfm.cli.options import add_run_options
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``medfm shard`` and its options to ``sub``."""
@@ -32,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="recipe whose data.preprocess steps to apply")
     p.add_argument("--per-shard", type=int, default=1000, help="samples per tar file")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_run_options(p, tracking=False)
     p.set_defaults(run=run)
 
 
