@@ -129,6 +129,19 @@ def test_server_down_at_start_then_sync_sends_everything_once(
     }
 
 
+def _wait_for_first_loss(client, experiment: str, timeout: float) -> str:
+    """The id of the experiment's run once the background sender has created it and sent a
+    ``train/loss`` value; the sender works on its own thread, so training may be ahead of it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([found.experiment_id]) if found else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
+            return runs[0].info.run_id
+        time.sleep(0.2)
+    raise AssertionError(f"no train/loss reached the server within {timeout}s")
+
+
 def test_server_killed_mid_run_then_restarted_and_synced(
     images, tmp_path, mlflow_servers, caplog, capsys
 ):
@@ -142,13 +155,8 @@ def test_server_killed_mid_run_then_restarted_and_synced(
     def monitor(encoder, rows, cfg, info):
         def kill_server(step):
             if not killed:  # once some steps reached the server: kill it
-                run = client.search_runs([client.get_experiment_by_name("spool").experiment_id])
-                deadline = time.time() + 30
-                while time.time() < deadline and not client.get_metric_history(
-                    run[0].info.run_id, "train/loss"
-                ):
-                    time.sleep(0.2)
-                history = client.get_metric_history(run[0].info.run_id, "train/loss")
+                run_id = _wait_for_first_loss(client, "spool", timeout=60)
+                history = client.get_metric_history(run_id, "train/loss")
                 killed.update(step=step, before=len(history))
                 mlflow_servers.stop(proc)
             return {}
