@@ -132,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
         logger.close("FAILED")
         raise
     logger.close()
+    if any(str(spec).startswith("models:/") for spec in args.encoder or []):
+        from medfm.features.model_registry import attach_model_versions
+
+        attach_model_versions(args.encoder, args.out)  # RI tags + card on registered versions
     for name, r in results["encoders"].items():
         lo, hi = r["robustness_index_ci95"]
         print(

@@ -161,6 +161,10 @@ def evaluate(
         roc.update(more_roc)
     write_outputs(metrics, roc, out_dir, f"{enc.name} on {Path(data).name}", logger)
     log_nested(metrics, logger)  # after the files: a tracking failure cannot cost the results
+    if str(encoder).startswith("models:/"):  # a registered version: its best head's AUC
+        from medfm.features.model_registry import attach_evaluation
+
+        attach_evaluation(str(encoder), metrics, out_dir)
     return metrics
 
 

@@ -173,6 +173,13 @@ def register_encoder(
     return version
 
 
+def move_alias(name: str, alias: str, version: str, tracking_uri: str | None = None) -> None:
+    """Point ``alias`` of registered model ``name`` at an existing ``version``."""
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client.get_model_version(name, str(version))  # a clear MLflow error when it does not exist
+    client.set_registered_model_alias(name, alias, str(version))
+
+
 def register_trained(cfg: Any, out_dir: str | os.PathLike, logger: Any) -> str | None:
     """``tracking.register_as``: register the encoder that ``medfm pretrain`` just wrote as a
     version of that model, logged into the training run itself (``tracking.register_alias`` moved
@@ -294,11 +301,67 @@ def attach_results(
     return tags
 
 
-def attach_model_versions(specs: Iterable[str], out_dir: str | os.PathLike) -> None:
+def attach_model_versions(specs: Iterable[str], out_dir: str | os.PathLike) -> list[str]:
     """:func:`attach_results` of ``out_dir/robustness.json`` and ``report.html`` for every
-    ``models:/`` spec among ``specs`` (what ``medfm audit`` calls after writing them)."""
+    ``models:/`` spec among ``specs`` (``medfm robustness`` calls it after writing them).
+
+    The files are written already, so a registry that does not answer costs a warning, not the
+    audit. Returns the specs whose versions were tagged."""
     out_dir = Path(out_dir)
     card = out_dir / "report.html"
-    for spec in specs:
-        if spec.startswith("models:/"):
+    done = []
+    for spec in (str(s) for s in specs if str(s).startswith("models:/")):
+        try:
             attach_results(spec, out_dir / "robustness.json", card if card.is_file() else None)
+            done.append(spec)
+        except Exception as err:  # the registry, not the results
+            log.warning("could not attach the audit to %s (%s); results: %s", spec, err, out_dir)
+    return done
+
+
+def best_head(metrics: Mapping[str, Any], protocol: str = "full") -> tuple[str, Mapping] | None:
+    """The encoder head (no baseline row) with the highest ``protocol`` test AUC in a
+    ``metrics.json`` mapping, and its entry; None when no head has a finite one."""
+    scored = [
+        (row, entry[protocol])
+        for row, entry in metrics.items()
+        if ":" not in row and protocol in entry and np.isfinite(entry[protocol]["test_auc"])
+    ]
+    return max(scored, key=lambda item: item[1]["test_auc"]) if scored else None
+
+
+def attach_evaluation(
+    version_uri: str,
+    metrics: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    tracking_uri: str | None = None,
+) -> dict[str, str]:
+    """Tag a registered version with its best head's test AUC (``medfm.best_head``,
+    ``medfm.best_head_test_auc`` and ``_ci95``, protocol ``full``) and log ``metrics.json`` and
+    ``metrics.md`` under ``evaluation/`` of the run that holds the version. Returns the tags set;
+    a registry that does not answer costs a warning (the files are written already)."""
+    best = best_head(metrics)
+    tags: dict[str, str] = {}
+    if best is not None:
+        row, entry = best
+        lo, hi = entry.get("test_auc_ci95", (float("nan"), float("nan")))
+        tags = {
+            "medfm.best_head": row,
+            "medfm.best_head_test_auc": str(entry["test_auc"]),
+            "medfm.best_head_test_auc_ci95": f"[{lo}, {hi}]",
+        }
+    try:
+        name, version = resolve_version(version_uri, tracking_uri)
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        for tag, value in tags.items():
+            client.set_model_version_tag(name, version, tag, value)
+        run_id = client.get_model_version(name, version).run_id
+        for file in ("metrics.json", "metrics.md"):
+            if (Path(out_dir) / file).is_file():
+                client.log_artifact(run_id, str(Path(out_dir) / file), "evaluation")
+    except Exception as err:  # the registry, not the results
+        log.warning(
+            "could not attach the evaluation to %s (%s); results: %s", version_uri, err, out_dir
+        )
+        return {}
+    return tags

@@ -139,29 +139,70 @@ def test_register_cli(server, tiny_run, capsys):
     assert "models:/cli-enc/1 (alias a)" in capsys.readouterr().out
     client = MlflowClient(server, registry_uri=server)
     assert client.get_model_version_by_alias("cli-enc", "a").version == "1"
+    args = parser.parse_args(["register", str(tiny_run[0]), "--name", "cli-enc", "--alias", "a"])
+    assert args.run(args) == 0
+    assert client.get_model_version_by_alias("cli-enc", "a").version == "2"
+    args = parser.parse_args(["register", "--name", "cli-enc", "--alias", "a", "--version", "1"])
+    assert args.run(args) == 0  # moved back, nothing registered
+    assert client.get_model_version_by_alias("cli-enc", "a").version == "1"
+    assert len(client.search_model_versions("name='cli-enc'")) == 2
 
 
-def test_audit_a_registered_version_tags_it(server, tiny_run, tmp_path, monkeypatch):
+def test_evaluate_and_audit_a_registered_version_tag_it(server, tiny_run, tmp_path, monkeypatch):
+    """`medfm evaluate` and `medfm robustness` on models:/NAME@ALIAS, through the CLI."""
+    from medfm.cli.main import main
     from medfm.data.ingestion.ingest import ingest
     from medfm.data.synthetic import SyntheticSpec, write_dataset
-    from medfm.robustness.audit import audit_encoders
 
     monkeypatch.setenv("MEDFM_MODEL_CACHE", str(tmp_path / "cache"))
     labels = write_dataset(tmp_path / "d", SyntheticSpec(cases_per_center=4, images_per_case=2))
     data = ingest([tmp_path / "d" / "raw"], tmp_path / "i", labels=labels, salt="s", progress=False)
     version = registry.register_encoder(tiny_run[0], "tiny-audit", server, alias="best")
     spec = "models:/tiny-audit@best"
-    results = audit_encoders(
-        [spec], data.manifest, tmp_path / "out", k=5, n_boot=10, progress=False
-    )
-    entry = results["encoders"][spec]
+    common = ["--data", str(data.manifest), "--no-progress"]
+    rob = ["robustness", "--encoder", spec, "--k", "5", "--bootstrap", "10", *common]
+    assert main([*rob, "--out", str(tmp_path / "out")]) == 0
+    entry = json.loads((tmp_path / "out" / "robustness.json").read_text())["encoders"][spec]
     assert entry["n"] == 24
     assert (tmp_path / "cache" / "tiny-audit" / version).is_dir()
+    evaluation = ["evaluate", "--encoder", spec, "--heads", "linear,knn", *common]
+    assert main([*evaluation, "--out", str(tmp_path / "eval"), "eval.bootstrap=20"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    best = max(("linear", "knn"), key=lambda head: metrics[head]["full"]["test_auc"])
 
     client = MlflowClient(server, registry_uri=server)
     mv = client.get_model_version("tiny-audit", version)
     assert float(mv.tags["medfm.ri_ratio"]) == pytest.approx(entry["robustness_index"])
     lo, hi = entry["robustness_index_normalized_ci95"]
     assert mv.tags["medfm.ri_normalized_ci95"] == f"[{lo}, {hi}]"
-    paths = [a.path for a in client.list_artifacts(mv.run_id, "robustness")]
-    assert paths == ["robustness/report.html"]
+    assert mv.tags["medfm.best_head"] == best
+    assert float(mv.tags["medfm.best_head_test_auc"]) == metrics[best]["full"]["test_auc"]
+    lo, hi = metrics[best]["full"]["test_auc_ci95"]
+    assert mv.tags["medfm.best_head_test_auc_ci95"] == f"[{lo}, {hi}]"
+    paths = {a.path for a in client.list_artifacts(mv.run_id, "robustness")}
+    assert paths == {"robustness/report.html"}
+    paths = {a.path for a in client.list_artifacts(mv.run_id, "evaluation")}
+    assert paths == {"evaluation/metrics.json", "evaluation/metrics.md"}
+
+
+def test_best_head_skips_baselines_and_undefined_aucs():
+    metrics = {
+        "linear": {"full": {"test_auc": 0.7}},
+        "knn": {"full": {"test_auc": float("nan")}},
+        "random:linear": {"full": {"test_auc": 0.9}},
+        "gda": {"fewshot:5": {"test_auc": 0.95}},
+    }
+    assert registry.best_head(metrics) == ("linear", {"test_auc": 0.7})
+    assert registry.best_head({"knn": {"full": {"test_auc": float("nan")}}}) is None
+
+
+def test_a_registry_that_does_not_answer_costs_a_warning(
+    tmp_path, caplog, mlflow_servers, monkeypatch
+):
+    dead = f"http://127.0.0.1:{mlflow_servers.free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    (tmp_path / "metrics.json").write_text("{}")
+    assert registry.attach_evaluation("models:/x/1", {}, tmp_path, dead) == {}
+    assert registry.attach_model_versions(["models:/x/1"], tmp_path) == []
+    assert sum("could not attach" in r.getMessage() for r in caplog.records) == 2
