@@ -40,7 +40,7 @@ from medfm.train.checkpoint import (
 from medfm.train.errors import NonFiniteLossError
 from medfm.train.flops import FlopMeter
 from medfm.train.optim import build_optimizer
-from medfm.train.reporting import early_stop, log_step
+from medfm.train.reporting import early_stop, last_logged_step, log_step
 from medfm.train.state import RunState
 from medfm.train.throughput import Throughput
 
@@ -213,6 +213,8 @@ def _begin(
     run.last_good = start or None
     if start == 0 and info.is_main:
         (run.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    elif info.is_main:
+        run.logged_until = last_logged_step(run.out_dir / "metrics.jsonl")
     objective.train()
     return run, start
 

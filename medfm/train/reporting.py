@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -14,6 +15,19 @@ from medfm.train.checkpoint import save_checkpoint
 from medfm.train.state import RunState
 
 log = logging.getLogger(__name__)
+
+
+def last_logged_step(path: Path) -> int:
+    """The last step of ``metrics.jsonl`` (0 when there is none); a line cut short by a kill is
+    dropped from the file, so the file stays valid JSON lines."""
+    if not path.is_file():
+        return 0
+    text = path.read_text()
+    lines, complete = text.splitlines(), text.endswith("\n")
+    if lines and not complete:
+        lines = lines[:-1]
+        path.write_text("".join(f"{line}\n" for line in lines))
+    return max((int(json.loads(line)["step"]) for line in lines), default=0)
 
 
 def append_jsonl(run: RunState, record: dict) -> None:
@@ -27,7 +41,13 @@ def append_jsonl(run: RunState, record: dict) -> None:
 def log_step(
     run: RunState, logger: Logger, done: int, terms: dict, loss: float, speed: dict
 ) -> None:
-    """The step's loss terms, learning rate and throughput, to ``logger`` and ``metrics.jsonl``."""
+    """The step's loss terms, learning rate and throughput, to ``metrics.jsonl`` and ``logger``.
+
+    A resumed run skips the steps logged before it was interrupted (``run.logged_until``): the
+    resume is exact, so their values are the ones already logged, and MLflow's history stays one
+    value per step."""
+    if done <= run.logged_until:
+        return
     metrics = (
         {f"train/{k}": v for k, v in terms.items()}
         | {
@@ -36,14 +56,15 @@ def log_step(
         }
         | {f"train/{k}": v for k, v in speed.items()}
     )
+    append_jsonl(run, {"step": done} | metrics)  # first: what resume reads to skip
     logger.log_metrics(metrics, step=done)
-    append_jsonl(run, {"step": done} | metrics)
 
 
 def _run_monitor(run: RunState, monitor, step: int, tc: DictConfig, logger: Logger) -> None:
     metrics = monitor(step) if run.info.is_main else {}
-    logger.log_metrics({f"monitor/{k}": v for k, v in metrics.items()}, step=step)
-    append_jsonl(run, {"step": step} | {f"monitor/{k}": v for k, v in metrics.items()})
+    if step > run.logged_until:  # else logged before an interruption (see log_step)
+        append_jsonl(run, {"step": step} | {f"monitor/{k}": v for k, v in metrics.items()})
+        logger.log_metrics({f"monitor/{k}": v for k, v in metrics.items()}, step=step)
     key = str(tc.monitor_metric)
     if (
         run.info.is_main

@@ -23,3 +23,4 @@ class RunState:
     out_dir: Path
     last_good: int | None = None
     best: dict | None = None
+    logged_until: int = 0  # a resumed run: steps up to here were logged before the interruption

@@ -78,7 +78,15 @@ def _checkpoint_step(out: Path) -> int:
         return 0
 
 
-def test_sigkill_then_resume_with_workers_is_bitwise_identical(manifest, tmp_path):
+def _last_logged(out: Path) -> int:
+    path = out / "metrics.jsonl"
+    lines = path.read_text().splitlines()[:-1] if path.is_file() else []  # the last may be cut
+    return max((json.loads(line)["step"] for line in lines), default=0)
+
+
+def test_sigkill_then_resume_with_workers_is_bitwise_identical(manifest, tmp_path, mlflow_server):
+    """...and tracked as one MLflow run whose loss history has each step once, with the values
+    of the uninterrupted run, though steps after the checkpoint were logged before the kill."""
     # the uninterrupted run decodes in the main process, the killed one in 2 DataLoader workers
     steps = ["train.max_steps=40", "train.checkpoint_every=4"]
     straight = tmp_path / "straight"
@@ -88,7 +96,8 @@ def test_sigkill_then_resume_with_workers_is_bitwise_identical(manifest, tmp_pat
         check=True,
         capture_output=True,
     )
-    steps.append("data.num_workers=2")
+    tracked = ["tracking.enabled=true", f"tracking.uri={mlflow_server}"]
+    steps += ["data.num_workers=2", *tracked, "tracking.experiment=sigkill"]
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -98,20 +107,36 @@ def test_sigkill_then_resume_with_workers_is_bitwise_identical(manifest, tmp_pat
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
-    while _checkpoint_step(killed) < 8 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    while proc.poll() is None and time.time() < deadline:
+        step = _checkpoint_step(killed)
+        if step >= 8 and _last_logged(killed) > step:  # logged past the checkpoint
+            break
+        time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed; make it longer"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "encoder.safetensors").exists()
     resumed_from = _checkpoint_step(killed)
-    assert 8 <= resumed_from < 40
+    assert 8 <= resumed_from < _last_logged(killed) < 40
     subprocess.run(_cmd(killed, manifest, *steps), env=_env(), check=True, capture_output=True)
 
     a, b = _weights(straight), _weights(killed)
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+    expected = _losses(straight)
+    assert _losses(killed) == expected  # metrics.jsonl: each step once, uninterrupted values
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("sigkill").experiment_id
+    (run,) = client.search_runs([experiment])
+    assert run.info.status == "FINISHED"
+    history = sorted(
+        (m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss")
+    )
+    assert history == list(enumerate(expected, start=1))
 
 
 def test_two_ddp_processes_match_one(manifest, tmp_path):
