@@ -17,3 +17,13 @@ def add_overrides(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. {example}"
     )
+
+
+def add_salt_option(p: argparse.ArgumentParser) -> None:
+    """``--salt``: the key of the HMAC pseudonyms (``medfm.data.ingestion.pseudonym.resolve_salt``
+    decides between it, the environment and the saved file)."""
+    p.add_argument(
+        "--salt",
+        help="pseudonym salt (else $MEDFM_PSEUDONYM_SALT, else a random one saved as "
+        "OUT/private/pseudonym_salt.key); the same salt gives the same pseudonyms in every run",
+    )

@@ -5,6 +5,8 @@ private source map."""
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -57,7 +59,19 @@ def _mlflow_entries(uri: str, experiment: str, download: Path) -> list[str]:
     return texts
 
 
-def test_no_output_and_no_mlflow_entry_names_the_patient(tmp_path, mlflow_server):
+def _slides(root: Path, real_svs: Path) -> Path:
+    """A real H&E slide and a broken one, both named after the patient."""
+    folder = root / f"{NAME}_{MRN}" / "pathology"
+    folder.mkdir(parents=True)
+    shutil.copy(real_svs, folder / f"{NAME}_{MRN}_HE.svs")
+    (folder / f"{NAME}_broken.svs").write_bytes(b"II*\0" + b"\0" * 12)
+    return folder
+
+
+def test_no_output_and_no_mlflow_entry_names_the_patient(
+    tmp_path, mlflow_server, real_svs, caplog, capsys
+):
+    caplog.set_level(logging.INFO)
     labels = _export(tmp_path / "exports")
     out, experiment = tmp_path / "out", "privacy-e2e"
     track = [f"tracking.uri={mlflow_server}", f"tracking.experiment={experiment}"]
@@ -66,6 +80,7 @@ def test_no_output_and_no_mlflow_entry_names_the_patient(tmp_path, mlflow_server
     assert main([*argv, "--no-progress"]) == 0
     manifest = out / "ingest" / "manifest.csv"
     tiny = ["model.depth=1", "train.max_steps=2", "train.batch_size=8", "train.progress=false"]
+    tiny += ["data.cache=persistent"]  # the on-disk cache is a shareable output too
     assert (
         main(["pretrain", f"data.manifest={manifest}", f"out_dir={out / 'enc'}", *tiny, *track])
         == 0
@@ -75,8 +90,15 @@ def test_no_output_and_no_mlflow_entry_names_the_patient(tmp_path, mlflow_server
     assert main([*evaluate, *track]) == 0
     audit = ["robustness", "--encoder", str(out / "enc"), "--out", str(out / "rob"), "--k", "3"]
     assert main([*audit, *common, *track]) == 0
+    slides = _slides(tmp_path / "exports", real_svs)
+    tiles = ["ingest", str(slides), "--out", str(out / "slides"), "--max-tiles", "4"]
+    assert main([*tiles, "--salt", "s", "--no-progress"]) == 0
 
     assert _leaks(out) == []
+    assert list((out / "enc").rglob("cache*")), "no persistent cache was written"
+    printed = capsys.readouterr()
+    said = [r.getMessage() for r in caplog.records] + [printed.out, printed.err]
+    assert [line for line in said if NAME in line or MRN in line] == []  # logs and console
     entries = _mlflow_entries(mlflow_server, experiment, tmp_path / "artifacts")
     assert len(entries) > 20  # params, tags and metrics of four runs were read
     assert [e for e in entries if NAME in e or MRN in e] == []
@@ -86,6 +108,15 @@ def test_no_output_and_no_mlflow_entry_names_the_patient(tmp_path, mlflow_server
     quarantine = (out / "ingest" / "quarantine.csv").read_text().splitlines()[1:]
     # the truncated MR file and the labels CSV that sits in the export folder
     assert sorted(line.split(",")[1] for line in quarantine) == [".csv", ".dcm"]
+    report = json.loads((out / "ingest" / "report.json").read_text())
+    ct_id = next(
+        line.split(",")[0] for line in private.splitlines() if line.endswith(f"IM0001_{MRN}")
+    )
+    assert f"source:{ct_id}" in manifest.read_text()  # the real CT slice made it in
+    assert report["rejected"] == 2 and "DOE" not in json.dumps(report)
+    slide_report = json.loads((out / "slides" / "report.json").read_text())
+    assert slide_report["accepted"] == 1 and slide_report["rejected"] == 1
+    assert 0 < slide_report["formats"]["wsi_tile"] <= 4
 
 
 def test_a_source_gone_after_ingest_is_named_by_its_id_not_its_path(tmp_path, capsys):

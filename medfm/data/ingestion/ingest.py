@@ -205,7 +205,8 @@ def ingest(
     quarantined += [_label_reject_row(r) for r in (table.rejected if table else [])]
     for r in quarantined:
         log.warning("Quarantined %s (%s): %s", r["id"], r["suffix"], r["reason"])
-    counts = _report(len(files), accepted, rows, rejected, table, matched)
+    reasons = [q["reason"] for q in quarantined[: len(rejected)]]  # with ids, not file names
+    counts = _report(len(files), accepted, rows, reasons, table, matched)
     shared = _shareable_rows(rows, out_dir, links)
     write_source_map(out_dir, links)
     return IngestResult(
@@ -249,12 +250,12 @@ def _label_reject_row(rejected: dict) -> dict:
     return {"id": f"labels:{line}", "suffix": ".csv", "reason": rejected["reason"]}
 
 
-def _report(seen, accepted, rows, rejected, table, matched) -> dict:
+def _report(seen, accepted, rows, reasons, table, matched) -> dict:
     return {
         "seen": seen,
         "accepted": accepted,
-        "rejected": len(rejected),
-        "rejected_by_reason": dict(Counter(r["reason"] for r in rejected)),
+        "rejected": len(reasons),
+        "rejected_by_reason": dict(Counter(reasons)),
         "rows": len(rows),
         "formats": dict(Counter(r["format"] for r in rows)),
         "modalities": dict(Counter(r["modality"] or "unknown" for r in rows)),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import logging
 import math
 import os
 import re
@@ -72,6 +73,9 @@ def _tifffile() -> Any:
         raise ImportError(
             'Whole-slide images need the tifffile package: pip install "medfm[wsi]"'
         ) from err
+    # tifffile's own warnings name the file (often after the patient); medfm reports the same
+    # problems itself, by the file's pseudonymous id (quarantine.csv), so they are silenced.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL + 1)
     return tifffile
 
 

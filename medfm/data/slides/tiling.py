@@ -182,7 +182,7 @@ def tile_slide(
             "stem": path.stem if stem is None else stem,
         }
         rows = [_write_tile(reader, t, footprint, tile_size, out_dir, fields) for t in tiles]
-    log.info("%s: wrote %d tiles at level %d to %s", path.name, len(rows), level, out_dir)
+    log.info("%s: wrote %d tiles at level %d", fields["stem"], len(rows), level)  # no file name
     return rows
 
 

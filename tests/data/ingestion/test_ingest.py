@@ -231,7 +231,7 @@ def test_same_salt_same_pseudonyms_other_salt_different(ingested, source, tmp_pa
     other_patients = {r["path"]: r["patient"] for r in other.rows}
     assert other_patients.keys() == first.keys()
     assert all(other_patients[p] != first[p][1] for p in first)
-    assert not (tmp_path / "same/pseudonym_salt.key").exists()
+    assert not (tmp_path / "same/private/pseudonym_salt.key").exists()
 
 
 def test_center_from_dicom_institution_is_pseudonymised(source, tmp_path):
@@ -292,9 +292,22 @@ def test_scan_skips_hidden_files(tmp_path):
 def test_salt_file_created_without_salt(source, tmp_path, monkeypatch):
     monkeypatch.delenv("MEDFM_PSEUDONYM_SALT", raising=False)
     first = ingest([source / "raw"], tmp_path, salt=None, progress=False)
-    assert (tmp_path / "pseudonym_salt.key").is_file()
+    key = tmp_path / "private" / "pseudonym_salt.key"  # a re-identification key: owner-only
+    assert key.is_file() and not (tmp_path / "pseudonym_salt.key").exists()
+    assert key.stat().st_mode & 0o777 == 0o600 and key.parent.stat().st_mode & 0o777 == 0o700
     again = ingest([source / "raw"], tmp_path, salt=None, progress=False)
     assert [r["patient"] for r in again.rows] == [r["patient"] for r in first.rows]
+
+
+def test_a_salt_file_at_the_old_place_still_gives_the_same_pseudonyms(
+    source, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.delenv("MEDFM_PSEUDONYM_SALT", raising=False)
+    (tmp_path / "pseudonym_salt.key").write_text("old-salt")
+    old = ingest([source / "raw"], tmp_path, salt=None, progress=False)
+    given = ingest([source / "raw"], tmp_path / "b", salt="old-salt", progress=False)
+    assert [r["patient"] for r in old.rows] == [r["patient"] for r in given.rows]
+    assert any("move it to" in r.getMessage() for r in caplog.records)
 
 
 # --- Real files shipped with pydicom and nibabel -------------------------------------------
