@@ -10,7 +10,10 @@ returns the pooled embeddings of a float32 batch ``(B, C, H, W)`` (``(B, C, D, H
 Version tags say what the encoder is without naming a source path: ``medfm.model_name``,
 ``medfm.ssl_objective``, ``medfm.recipe_sha256`` (of the resolved ``config.yaml``), and
 ``medfm.data_sha256`` (of the training manifest file, with its file name in
-``medfm.manifest_name``; without a manifest, of the ``data.path`` string).
+``medfm.manifest_name``; without a manifest, of the ``data.path`` string); and in words, the recipe
+(``medfm.image_size``, ``medfm.preprocess``, ``medfm.train_steps``, ``medfm.batch_size``) and the
+data (``medfm.data_rows``, ``medfm.data_patients``, ``medfm.data_centers``,
+``medfm.data_modalities``).
 
 mlflow is imported here at module level; import this module lazily.
 """
@@ -80,14 +83,44 @@ def encoder_tags(run_dir: str | os.PathLike) -> dict[str, str]:
         "medfm.ssl_objective": str(cfg.get("ssl", {}).get("objective", "")),
         "medfm.recipe_sha256": _sha256_file(run_dir / CONFIG),
     }
+    tags |= _recipe_tags(cfg)
     data = cfg.get("data", {})
     manifest = data.get("manifest")
     if manifest and Path(str(manifest)).is_file():
         tags["medfm.data_sha256"] = _sha256_file(Path(str(manifest)))
         tags["medfm.manifest_name"] = Path(str(manifest)).name
+        tags |= _data_tags(Path(str(manifest)))
     elif data.get("path"):
         tags["medfm.data_sha256"] = hashlib.sha256(str(data.path).encode()).hexdigest()
     return tags
+
+
+def _recipe_tags(cfg: Any) -> dict[str, str]:
+    """The recipe in words: image size, preprocessing steps, training steps and batch."""
+    data, train = cfg.get("data", {}), cfg.get("train", {})
+    steps = [str(step.get("name")) for step in (data.get("preprocess") or [])]
+    return {
+        "medfm.image_size": str(data.get("image_size", "")),
+        "medfm.preprocess": ",".join(steps) or "default",
+        "medfm.train_steps": str(train.get("max_steps", "")),
+        "medfm.batch_size": str(train.get("batch_size", "")),
+    }
+
+
+def _data_tags(manifest: Path) -> dict[str, str]:
+    """The training data in words: rows, patients, centers and modalities of the manifest (its
+    columns hold pseudonyms, never names or paths)."""
+    import csv
+
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    distinct = lambda column: sorted({r.get(column) or "" for r in rows} - {""})  # noqa: E731
+    return {
+        "medfm.data_rows": str(len(rows)),
+        "medfm.data_patients": str(len(distinct("patient"))),
+        "medfm.data_centers": str(len(distinct("center"))),
+        "medfm.data_modalities": ",".join(distinct("modality")) or "unknown",
+    }
 
 
 def _signature(cfg: Any) -> Any:

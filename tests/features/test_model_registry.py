@@ -22,7 +22,9 @@ def tiny_run(tmp_path):
     """A tiny medfm run folder whose config names an existing training manifest."""
     manifest = tmp_path / "ingest" / "manifest.csv"
     manifest.parent.mkdir()
-    manifest.write_text("path,label\na.png,0\n")
+    manifest.write_text(
+        "path,label,patient,center,modality\na.png,0,p-1,c1,US\nb.png,1,p-2,c1,US\n"
+    )
     cfg = load_config(
         None,
         [
@@ -72,6 +74,9 @@ def test_register_and_load_back_as_pyfunc(server, tiny_run, tmp_path):
     assert tags["medfm.ssl_objective"] == cfg.ssl.objective
     assert tags["medfm.data_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
     assert tags["medfm.manifest_name"] == "manifest.csv"
+    assert tags["medfm.data_rows"] == "2" and tags["medfm.data_patients"] == "2"
+    assert tags["medfm.data_centers"] == "1" and tags["medfm.data_modalities"] == "US"
+    assert tags["medfm.image_size"] == "16" and tags["medfm.preprocess"] == "default"
     recipe = hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest()
     assert tags["medfm.recipe_sha256"] == recipe
     assert not any(str(tmp_path) in value for value in tags.values())  # no paths in tags
