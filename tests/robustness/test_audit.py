@@ -55,6 +55,25 @@ def test_run_audit_ranks_a_biology_encoder_above_a_center_encoder(tmp_path):
     assert "by_bio" in html and "by_center" in html and "data:image/png;base64," in html
 
 
+def test_results_are_written_before_anything_is_logged(tmp_path):
+    """A tracking call that fails after the audit cannot cost its results: robustness.json and
+    the card are on disk before the first metric or artifact is logged."""
+    from medfm.tracking.base import NullLogger
+
+    class FailingLogger(NullLogger):
+        def log_metrics(self, metrics, step=None):
+            assert (tmp_path / "robustness.json").is_file()
+            assert (tmp_path / "report.html").is_file()
+            raise ConnectionError("tracking server gone")
+
+    emb, bio, center, patient = _clustered("bio")
+    data = {"enc": AuditData(emb, bio, center, patient.astype(str))}
+    with pytest.raises(ConnectionError, match="tracking server gone"):
+        run_audit(data, tmp_path, k=5, n_boot=10, logger=FailingLogger())
+    saved = json.loads((tmp_path / "robustness.json").read_text())
+    assert saved["encoders"]["enc"]["robustness_index"] > 1
+
+
 def test_cli_on_embeddings_files(tmp_path, capsys):
     for by in ("bio", "center"):
         emb, bio, center, patient = _clustered(by, seed=1)

@@ -157,6 +157,34 @@ def test_two_ddp_processes_match_one(manifest, tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-5, msg=name)
 
 
+def test_ddp_ranks_do_not_wait_on_a_dead_tracking_server(manifest, tmp_path, mlflow_servers):
+    """2 gloo processes tracking to a port where nothing listens: the run ends as fast as
+    untracked, with one warning, and rank 0's journal holds what `medfm sync` will send."""
+    from medfm.tracking.spool import Journal, find_journals
+
+    dead = f"http://127.0.0.1:{mlflow_servers.free_port()}"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    steps = ["train.max_steps=5", "train.checkpoint_every=100"]
+    timings = {}
+    for name, extra in (("off", []), ("dead", ["tracking.enabled=true", f"tracking.uri={dead}"])):
+        started = time.perf_counter()
+        result = subprocess.run(
+            [*torchrun, *_cmd(tmp_path / name, manifest, *steps, *extra)[1:]],
+            env=_env(),
+            capture_output=True,
+            text=True,
+        )
+        timings[name] = time.perf_counter() - started
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("is unreachable") == 1  # rank 0 warns once; rank 1 has no logger
+    assert timings["dead"] < timings["off"] + 15  # no retries on the training path
+    (journal,) = find_journals(tmp_path / "dead")
+    assert (
+        len(Journal.load(journal).unsent()) > 5
+        and (tmp_path / "dead" / "encoder.safetensors").is_file()
+    )
+
+
 OBJECTIVES = ["simclr", "hybrid", "metadata", "dino"]
 WORKER = Path(__file__).with_name("_ddp_objectives.py")
 
