@@ -2,8 +2,7 @@
 
 Every PNG medfm writes goes through :func:`save_figure` (atomic, parent folders made, figure
 closed); the robustness card embeds :func:`figure_png` bytes inline. The embedding map is drawn
-once, by :func:`embedding_map_figure` (panels: by class, then by center), for both the card and
-the ``embedding_map.png`` files (:func:`embedding_map`).
+once, by :func:`embedding_map_figure` (panels: by class, then by center).
 """
 
 from __future__ import annotations
@@ -98,15 +97,3 @@ def embedding_map_figure(
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
-
-
-def embedding_map(
-    features: np.ndarray,
-    bio: np.ndarray,
-    center: np.ndarray,
-    path: str | os.PathLike,
-    title: str = "",
-) -> Path:
-    """:func:`embedding_map_figure` of ``features`` ``(n, d)`` written as a PNG at ``path``."""
-    fig = embedding_map_figure(features, bio, center, title=title or "Encoder embedding (PCA)")
-    return save_figure(fig, path)

@@ -1,5 +1,6 @@
 """End to end: ``medfm demo --quick`` as a user runs it, in a subprocess."""
 
+import importlib.util
 import json
 import math
 import os
@@ -12,6 +13,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
+
+
+def check_robustness_schema(results: dict) -> None:
+    """tests/robustness/test_schema.py's ``check_results``: the one documented robustness.json
+    shape (test files are no package, so it is loaded by path)."""
+    path = Path(__file__).parent / "robustness" / "test_schema.py"
+    spec = importlib.util.spec_from_file_location("robustness_schema", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.check_results(results)
 
 
 def _demo(out: Path, *extra: str) -> dict:
@@ -56,6 +67,9 @@ def test_summary_values_are_finite_and_in_range(demo_run):
     assert lo <= summary["linear_auc"] <= hi
     assert 0.0 < summary["chance_robustness_index"] and summary["robustness_k"] == 10
     assert (out_of(summary) / "robustness" / "report.html").is_file()
+    check_robustness_schema(
+        json.loads((out_of(summary) / "robustness" / "robustness.json").read_text())
+    )
 
 
 def out_of(summary: dict) -> Path:
@@ -168,5 +182,6 @@ def test_evaluate_and_robustness_commands_on_the_demo_encoder(demo_run, tmp_path
         == 0
     )
     results = json.loads((tmp_path / "rob" / "robustness.json").read_text())
+    check_robustness_schema(results)
     assert set(results["encoders"]) == {"pretrain", "random:pretrain"}
     assert (tmp_path / "rob" / "report.html").stat().st_size > 10_000

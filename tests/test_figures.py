@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from medfm.figures import embedding_map, embedding_map_figure, figure_png, pca_2d
+from medfm.figures import embedding_map_figure, figure_png, pca_2d, save_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -28,9 +28,10 @@ def test_embedding_map_figure_draws_class_then_center():
     )
 
 
-def test_embedding_map_writes_the_same_figure_as_a_png(tmp_path):
+def test_save_figure_writes_the_same_png_atomically(tmp_path):
     feats, bio, center = _points()
-    path = embedding_map(feats, bio, center, tmp_path / "nested" / "map.png", title="demo")
+    fig = embedding_map_figure(feats, bio, center, title="demo")
+    path = save_figure(fig, tmp_path / "nested" / "map.png")
     assert path == tmp_path / "nested" / "map.png"
     assert path.read_bytes() == figure_png(embedding_map_figure(feats, bio, center, title="demo"))
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]

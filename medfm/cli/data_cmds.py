@@ -6,7 +6,7 @@ import argparse
 import json
 from types import SimpleNamespace
 
-from medfm.cli.options import add_run_options
+from medfm.cli.options import add_run_options, add_salt_option
 
 
 def _add_synthetic(sub: argparse._SubParsersAction) -> None:
@@ -79,10 +79,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         "(0 = first folder under SOURCE) or dicom:TAG (identifiers such as InstitutionName "
         "are pseudonymised)",
     )
-    p.add_argument(
-        "--salt",
-        help="pseudonym salt (default: $MEDFM_PSEUDONYM_SALT, else a random one saved in OUT)",
-    )
+    add_salt_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
     p.add_argument(
         "--test-center",

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from medfm.data.datasets import build_dataset
 from medfm.data.transforms.preprocess import resolve_preprocess
+from medfm.io import write_json
 
 INDEX = "shards.json"
 
@@ -99,7 +100,7 @@ def _write_local(
         "preprocess": resolve_preprocess(data_cfg),
         "channels": int(data_cfg.channels),
     }
-    (out / INDEX).write_text(json.dumps(index, indent=1))
+    write_json(index, out / INDEX)
     return out
 
 

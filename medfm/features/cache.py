@@ -4,7 +4,7 @@ Extracting features is the slow part of an evaluation; every head, protocol and 
 them. An entry is one ``.npy`` file named by a hash of (the encoder's key, pooling, the data
 settings, the ordered list of image paths with each file's size and modification time), so a new
 weights file, a changed image or another pooling makes a new entry and a stale one is never read.
-Entries are written to a temporary file and renamed, and are read back with
+Entries are written atomically (:func:`medfm.io.atomic_path`) and are read back with
 ``np.load(mmap_mode="r")``. Nothing but the float features is stored: no paths, no labels, no PHI.
 """
 
@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from medfm.io import atomic_path
 
 
 def _stat(path: str) -> str:
@@ -55,8 +57,6 @@ def cached_features(
     path = Path(cache_dir) / f"{key}.npy"
     if not path.is_file():
         features = np.ascontiguousarray(compute(), dtype=np.float32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, features)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # tmp ends in .npy, so np.save adds no suffix
+            np.save(tmp, features)
     return np.load(path, mmap_mode="r")

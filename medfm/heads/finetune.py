@@ -101,6 +101,7 @@ class FineTuneClassifier(nn.Module):
         return self.head(encode(self.encoder, images, self.pooling))
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """``{"image": (B, C, [D,] H, W), "target": (B,)}`` -> ``{"loss": 0-dim cross-entropy}``."""
         images = batch["image"]
         if self.training and self.augment:
             images = random_resized_crop(images, tuple(images.shape[2:]), scale=(0.6, 1.0))
@@ -108,6 +109,7 @@ class FineTuneClassifier(nn.Module):
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """Images ``(N, C, [D,] H, W)`` -> class probabilities ``(N, n_classes)`` (numpy)."""
         was, device = self.training, self.head.weight.device
         self.eval()
         out = [

@@ -2,9 +2,8 @@
 
 Beyond :func:`medfm.metrics.scores.auc` and :func:`~medfm.metrics.scores.accuracy`: balanced
 accuracy, macro F1, top-label expected calibration error, a (patient-)grouped percentile bootstrap
-CI of the AUC (through :mod:`medfm.metrics.bootstrap`), multi-label AUC (ChestMNIST-like),
-ordinal metrics (RetinaMNIST-like) and one :func:`classification_report` that gathers them,
-with a per-center breakdown.
+CI of the AUC (through :mod:`medfm.metrics.bootstrap`), multi-label AUC (ChestMNIST-like) and
+one :func:`classification_report` that gathers them, with a per-center breakdown.
 
 Shapes: ``y_true (n,)`` labels; ``proba (n, n_classes)`` probabilities whose columns follow
 ``classes`` (``np.arange(n_classes)`` when not given), as a head's ``predict_proba`` returns them.
@@ -285,27 +284,6 @@ def multilabel_auc(y_true: np.ndarray, scores: np.ndarray) -> dict:
             "where at least one label has positives and negatives"
         )
     return {"per_label": per_label, "mean": float(np.nanmean(per_label)), "skipped": skipped}
-
-
-def ordinal_metrics(
-    y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray | None = None
-) -> dict:
-    """Metrics of an ordinal task (e.g. RetinaMNIST's five retinopathy grades).
-
-    ``classes`` lists the grades in order. Returns ``{"auc": macro one-vs-rest AUC,
-    "accuracy": float, "mae": float}``, where ``mae`` is the mean absolute difference between the
-    predicted and the true grade's position in ``classes`` (in grade steps, whatever the labels).
-    """
-    y_true, proba, classes = _check_proba(y_true, proba, classes)
-    _check_two_classes(y_true)
-    position = {_plain(c): i for i, c in enumerate(classes)}
-    true_idx = np.array([position[_plain(c)] for c in y_true])
-    pred_idx = np.argmax(proba, axis=1)
-    return {
-        "auc": auc(y_true, proba, classes),
-        "accuracy": accuracy(y_true, classes[pred_idx]),
-        "mae": float(np.mean(np.abs(pred_idx - true_idx))),
-    }
 
 
 # ----------------------------------------------------------------------------- report

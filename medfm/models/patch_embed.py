@@ -121,5 +121,7 @@ class UnifiedPatchEmbed(nn.Module):
         return conv
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """``(B, C, H, W)`` or ``(B, C, D, H, W)`` -> tokens ``(B, N, embed_dim)`` and the patch
+        grid (Uni4Eye, Cai et al. 2022)."""
         y = self._check(x)(x)  # (B, D, *grid)
         return y.flatten(2).transpose(1, 2), tuple(y.shape[2:])

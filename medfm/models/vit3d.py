@@ -8,7 +8,7 @@ Dosovitskiy et al. 2021 on cubic patches, with a fixed 3D sin-cos position embed
 :class:`medfm.ssl.mae.MAE` work with it; attention is timm's (``scaled_dot_product_attention``).
 
 The encoder weights load into MONAI's ``monai.networks.nets.ViT`` through
-:func:`to_monai_state_dict` (and back through :func:`from_monai_state_dict`):
+:func:`to_monai_state_dict`:
 
 =====================================  ============================================================
 medfm ``ViT3D``                        MONAI ``ViT`` (``proj_type="conv"``, ``qkv_bias=True``)
@@ -184,6 +184,8 @@ class ViT3D(nn.Module):
         return tokens[:, self.num_prefix_tokens :].mean(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, D, H, W)`` (or ``(B, C, H, W)`` when unified) -> pooled ``(B, embed_dim)``
+        (ViT, Dosovitskiy et al. 2021)."""
         return self.forward_head(self.forward_features(x))
 
     def monai_vit_kwargs(self, classification: bool = False) -> dict[str, Any]:
@@ -260,38 +262,4 @@ def to_monai_state_dict(
         extras = _monai_block_extras(out[_POS_MONAI].shape[-1])
         for i in sorted(blocks):
             out.update({f"blocks.{i}.{k}": v.clone() for k, v in extras.items()})
-    return out
-
-
-def from_monai_state_dict(
-    monai_state: Mapping[str, torch.Tensor], class_token: bool = True
-) -> dict[str, torch.Tensor]:
-    """A ``monai.networks.nets.ViT`` state dict -> ``ViT3D.state_dict()`` keys (inverse mapping).
-
-    ``class_token`` says whether the target ``ViT3D`` has one; MONAI's ``cls_token`` is used when
-    present, zeros otherwise (a ``classification=False`` ViT has none). ``norm_cross_attn`` and
-    ``classification_head`` weights are dropped; a unified encoder's ``patch_embed.proj_2d`` is not
-    in MONAI, so load the result into it with ``strict=False``.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in monai_state.items():
-        match = _BLOCK_KEY.fullmatch(key)
-        if match:
-            if not match[2].startswith("norm_cross_attn."):
-                out[f"blocks.{match[1]}.{_rename_block_key(match[2], False)}"] = value
-        elif key.startswith(_PATCH_MONAI):
-            out[_PATCH_OURS + key[len(_PATCH_MONAI) :]] = value
-        elif key == _POS_MONAI:
-            pos = value.reshape(1, -1, value.shape[-1])
-            prefix = pos.new_zeros(1, int(class_token), pos.shape[-1])
-            out["pos_embed"] = torch.cat([prefix, pos], dim=1)
-        elif key.startswith("norm."):
-            out[key] = value
-        elif key == "cls_token":
-            if class_token:
-                out["cls_token"] = value
-        elif not key.startswith("classification_head."):
-            raise KeyError(f"{key!r} is not a MONAI ViT weight; pass monai ViT.state_dict()")
-    if class_token and "cls_token" not in out and "pos_embed" in out:
-        out["cls_token"] = out["pos_embed"].new_zeros(1, 1, out["pos_embed"].shape[-1])
     return out

@@ -70,7 +70,7 @@ def center_vs_bio(
     biology; this measures both with the same two readers:
 
     * ``knn_*_acc``: leave-one-out majority vote of the k nearest neighbours (itself and its
-      group excluded), as :func:`medfm.robustness.k_selection.knn_balanced_accuracy`;
+      group excluded), :func:`medfm.robustness.k_selection.vote_balanced_accuracy`;
     * ``linear_*_acc``: :func:`out_of_fold_predictions` over ``cv`` stratified folds, grouped
       (``StratifiedGroupKFold``) so that no group (patient) is split across train and test when
       ``groups`` are given; ``seed`` shuffles the folds.

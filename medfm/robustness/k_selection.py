@@ -41,36 +41,6 @@ def vote_balanced_accuracy(
     return out
 
 
-def knn_balanced_accuracy(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    ks: Sequence[int] = DEFAULT_KS,
-    groups: np.ndarray | None = None,
-    *,
-    backend: str = "auto",
-) -> dict[int, float]:
-    """Leave-one-out kNN balanced accuracy of ``labels`` at each k in ``ks``.
-
-    Every sample is predicted by the majority vote of its k nearest neighbours (itself and its
-    group excluded; class ties go to the class that sorts first); the score is the balanced
-    accuracy (mean per-class recall) over all samples. With ``labels=bio`` this is the biological
-    kNN accuracy of de Jong et al. 2025; with ``labels=center`` it measures how well the center
-    can be read from the neighbourhood.
-
-    Returns:
-        ``{k: balanced accuracy}`` for the distinct ``ks`` in increasing order.
-    """
-    return _knn_scores(embeddings, labels, ks, groups, backend, "labels", "ks")
-
-
-def _knn_scores(embeddings, labels, ks, groups, backend: str, label_name: str, ks_name: str):
-    labels, _ = check_labels(embeddings, labels, bio_name=label_name)
-    groups = check_groups(groups, len(labels))
-    ks = check_ks(ks, len(labels), groups, ks_name)
-    neighbours = knn_search(embeddings, ks[-1], groups, backend=backend)[0]
-    return vote_balanced_accuracy(neighbours, labels, ks)
-
-
 def select_k(
     embeddings: np.ndarray,
     bio: np.ndarray,
@@ -83,14 +53,19 @@ def select_k(
 
     The robustness index depends on k (de Jong et al. 2025; PathoROB); this reads it at the
     neighbourhood size where the embedding best predicts the biology, the operating-k rule of
-    croma's implementation of the PathoROB index. See :func:`knn_balanced_accuracy` (the kNN
-    evaluation de Jong et al. 2025 use). Ties go to the smallest k.
+    croma's implementation of the PathoROB index: every sample is predicted by the majority vote
+    of its k nearest neighbours (:func:`vote_balanced_accuracy`, the kNN evaluation de Jong et al.
+    2025 use). Ties go to the smallest k.
 
     Example:
         >>> k = select_k(embeddings, bio, grid=(5, 10, 20, 50), groups=patient)
         >>> robustness_index(embeddings, bio, center, k=k, groups=patient)
     """
-    scores = _knn_scores(embeddings, bio, grid, groups, backend, "bio", "grid")
+    bio, _ = check_labels(embeddings, bio)
+    groups = check_groups(groups, len(bio))
+    grid = check_ks(grid, len(bio), groups, "grid")
+    neighbours = knn_search(embeddings, grid[-1], groups, backend=backend)[0]
+    scores = vote_balanced_accuracy(neighbours, bio, grid)
     best = max(scores.values())
     return min(k for k, score in scores.items() if score == best)
 

@@ -136,6 +136,7 @@ class DINONetwork(nn.Module):
         self.encoder, self.head, self.pooling = encoder, head, pooling
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Crops ``(B, C, [D,] H, W)`` -> head logits ``(B, K)`` (DINO, Caron et al. 2021)."""
         return self.head(encode_any_size(self.encoder, images, self.pooling))
 
 
@@ -198,6 +199,8 @@ class DINO(nn.Module):
         )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"image": (B, C, [D,] H, W)}`` -> 0-dim ``{"loss", "loss_dino", "teacher_entropy",
+        "ema_momentum"}`` (DINO, Caron et al. 2021)."""
         crops = call_views(self.views, batch["image"], batch.get("sample_seed"))
         n_global = 2
         global_crops = torch.cat(crops[:n_global])  # (2B, C, [D,] H, W)

@@ -46,6 +46,8 @@ class EMATeacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, *args, **kwargs):
+        """The frozen copy's output, no gradient (as DINO's teacher: ``(B, C, H, W)`` -> ``(B, K)``;
+        Caron et al. 2021)."""
         return self.module(*args, **kwargs)
 
     @torch.no_grad()

@@ -37,6 +37,7 @@ class ProjectionHead(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_dim)`` -> ``(N, out_dim)`` projections (SimCLR, Chen et al. 2020)."""
         return self.net(x)
 
 
@@ -82,5 +83,6 @@ class DINOHead(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_dim)`` -> ``(N, out_dim)`` prototype logits (DINO, Caron et al. 2021)."""
         x = F.normalize(self.mlp(x), dim=-1)  # (N, bottleneck)
         return self.last_layer(x)  # (N, out_dim)

@@ -79,6 +79,8 @@ class Hybrid(nn.Module):
         return self.mae.encoder
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"image": (B, C, [D,] H, W)}`` -> 0-dim ``{"loss", "loss_mae", ...,
+        "loss_contrastive"}`` (SiT, Atito et al. 2021)."""
         images = batch["image"]
         # the per-sample seeds make masks and views independent of the batch's split over ranks
         mae_out = self.mae({k: v for k, v in batch.items() if k in ("image", "sample_seed")})

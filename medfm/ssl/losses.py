@@ -1,6 +1,6 @@
 """Contrastive and self-distillation losses.
 
-- :func:`info_nce` / :class:`NTXentLoss`: NT-Xent of SimCLR (Chen et al. 2020, "A Simple
+- :func:`info_nce`: NT-Xent of SimCLR (Chen et al. 2020, "A Simple
   Framework for Contrastive Learning of Visual Representations").
 - :func:`metadata_weighted_info_nce`: y-aware InfoNCE (Dufumier et al. 2021, "Contrastive
   Learning with Continuous Proxy Meta-Data for 3D MRI Classification"; used again in AnatCL):
@@ -88,23 +88,6 @@ def info_nce(
     """
     logits, targets = _similarity_logits(z1, z2, temperature, gather_distributed)
     return F.cross_entropy(logits, targets)
-
-
-class NTXentLoss(nn.Module):
-    """Module form of :func:`info_nce`: ``NTXentLoss(0.2)(z1, z2)``, ``z1, z2`` ``(B, D)``."""
-
-    def __init__(self, temperature: float = 0.2) -> None:
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = temperature
-
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        return info_nce(z1, z2, self.temperature)
-
-    def extra_repr(self) -> str:
-        """The temperature, shown in the module's repr."""
-        return f"temperature={self.temperature}"
 
 
 def metadata_weighted_info_nce(
@@ -208,6 +191,7 @@ class DINOLoss(nn.Module):
     def forward(
         self, student_out: Sequence[torch.Tensor], teacher_out: Sequence[torch.Tensor]
     ) -> torch.Tensor:
+        """``V`` student and ``G`` teacher outputs ``(B, K)`` -> 0-dim loss (Caron et al. 2021)."""
         return dino_loss(
             student_out, teacher_out, self.center, self.student_temp, self.teacher_temp
         )

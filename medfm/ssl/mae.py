@@ -158,13 +158,6 @@ class MAE(nn.Module):
         x = self.decoder_norm(self.decoder_blocks(x))
         return x[:, prefix:]
 
-    def forward_decoder(
-        self, latent: torch.Tensor, ids_restore: torch.Tensor, spatial_dims: int | None = None
-    ) -> torch.Tensor:
-        """Predicted pixels of every patch, ``(B, N, p^dims * C)``."""
-        dims = spatial_dims or self.spatial_dims
-        return self._part("decoder_pred", dims)(self.decode(latent, ids_restore, dims))
-
     def _masked_mse(
         self, target: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
@@ -189,6 +182,8 @@ class MAE(nn.Module):
         return self._masked_mse(target, pred, mask)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"image": (B, C, H, W) or (B, C, D, H, W)}`` -> 0-dim ``{"loss", "loss_mae",
+        "loss_pixel", ...}`` (MAE, He et al. 2022)."""
         images = batch["image"]
         dims = images.ndim - 2
         latent, mask, ids_restore = self.forward_encoder(images, batch.get("sample_seed"))

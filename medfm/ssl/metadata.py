@@ -42,6 +42,8 @@ class MetadataContrastive(SimCLR):
         self.sigma, self.meta_key = sigma, meta_key
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"image": (B, C, [D,] H, W), meta_key: (B,)}`` -> 0-dim ``{"loss",
+        "loss_contrastive"}`` (y-aware InfoNCE, Dufumier et al. 2021)."""
         if self.meta_key not in batch:
             raise KeyError(
                 f"the metadata objective needs batch[{self.meta_key!r}], a (B,) float tensor "

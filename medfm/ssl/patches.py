@@ -1,8 +1,9 @@
-"""Images <-> patch sequences, for any channel count and for 2D images or 3D volumes.
+"""Images -> patch sequences (MAE's reconstruction targets), for any channel count and for 2D
+images or 3D volumes.
 
 Generalises MAE's 3-channel square-2D ``patchify``: patches are in row-major grid order (the order
 of the patch embedding's tokens) and the pixels of a patch in ``(p, p, C)`` order in 2D,
-``(p, p, p, C)`` in 3D. :func:`patchify` / :func:`unpatchify` dispatch on the dimensionality.
+``(p, p, p, C)`` in 3D. :func:`patchify` dispatches on the dimensionality.
 """
 
 from __future__ import annotations
@@ -21,16 +22,6 @@ def patchify2d(images: torch.Tensor, patch: int) -> torch.Tensor:
     )
 
 
-def unpatchify2d(
-    patches: torch.Tensor, patch: int, channels: int, grid: tuple[int, int]
-) -> torch.Tensor:
-    """Inverse of :func:`patchify2d`: ``(B, gh*gw, p*p*C)`` -> ``(B, C, gh*p, gw*p)``."""
-    b = patches.shape[0]
-    gh, gw = grid
-    x = patches.reshape(b, gh, gw, patch, patch, channels)
-    return torch.einsum("bhwpqc->bchpwq", x).reshape(b, channels, gh * patch, gw * patch)
-
-
 def patchify3d(volumes: torch.Tensor, patch: int) -> torch.Tensor:
     """``(B, C, D, H, W)`` -> ``(B, (D/p)*(H/p)*(W/p), p*p*p*C)``, pixels (p, p, p, C)."""
     b, c, d, h, w = volumes.shape
@@ -41,18 +32,6 @@ def patchify3d(volumes: torch.Tensor, patch: int) -> torch.Tensor:
     return torch.einsum("bcdohpwq->bdhwopqc", x).reshape(b, gd * gh * gw, patch**3 * c)
 
 
-def unpatchify3d(
-    patches: torch.Tensor, patch: int, channels: int, grid: tuple[int, int, int]
-) -> torch.Tensor:
-    """Inverse of :func:`patchify3d`: ``(B, gd*gh*gw, p^3*C)`` -> ``(B, C, gd*p, gh*p, gw*p)``."""
-    b = patches.shape[0]
-    gd, gh, gw = grid
-    x = patches.reshape(b, gd, gh, gw, patch, patch, patch, channels)
-    return torch.einsum("bdhwopqc->bcdohpwq", x).reshape(
-        b, channels, gd * patch, gh * patch, gw * patch
-    )
-
-
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     """:func:`patchify2d` for ``(B, C, H, W)``, :func:`patchify3d` for ``(B, C, D, H, W)``."""
     if images.ndim == 4:
@@ -60,14 +39,3 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     if images.ndim == 5:
         return patchify3d(images, patch)
     raise ValueError(f"expected (B, C, H, W) or (B, C, D, H, W), got {tuple(images.shape)}")
-
-
-def unpatchify(
-    patches: torch.Tensor, patch: int, channels: int, grid: tuple[int, ...]
-) -> torch.Tensor:
-    """Inverse of :func:`patchify`; ``grid`` is ``(gh, gw)`` or ``(gd, gh, gw)``."""
-    if len(grid) == 2:
-        return unpatchify2d(patches, patch, channels, tuple(grid))
-    if len(grid) == 3:
-        return unpatchify3d(patches, patch, channels, tuple(grid))
-    raise ValueError(f"grid must have 2 or 3 sizes, got {tuple(grid)}")

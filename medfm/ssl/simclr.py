@@ -75,6 +75,8 @@ class SimCLR(nn.Module):
         return z1, z2
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"image": (B, C, [D,] H, W)}`` -> 0-dim ``{"loss", "loss_contrastive"}``, NT-Xent of
+        two views (SimCLR, Chen et al. 2020)."""
         z1, z2 = self.embed_views(batch["image"], batch.get("sample_seed"))
         loss = info_nce(z1, z2, self.temperature, gather_distributed=self.gathers)
         return {"loss": loss, "loss_contrastive": loss.detach()}

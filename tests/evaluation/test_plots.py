@@ -1,4 +1,5 @@
-"""Tests for medfm.evaluation.plots and medfm.evaluation.tables (the `medfm evaluate` report)."""
+"""Tests for medfm.evaluation.plots: the ROC, per-center and label-efficiency figures of
+`medfm evaluate`."""
 
 import math
 
@@ -13,7 +14,6 @@ from medfm.evaluation.plots import (
     per_center_bars,
     roc_curves,
 )
-from medfm.evaluation.tables import metrics_markdown, write_metrics_markdown
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -23,39 +23,6 @@ def assert_png(path):
     assert path.read_bytes()[:8] == PNG_MAGIC
     image = plt.imread(path)
     assert image.shape[0] > 100 and image.shape[1] > 100
-
-
-def per_center(auc_a, auc_b):
-    return {
-        "center_b": {"test_auc": auc_b, "test_acc": 0.7, "n": 35},
-        "center_a": {"test_auc": auc_a, "test_acc": 0.8, "n": 40},
-    }
-
-
-@pytest.fixture
-def metrics():
-    return {
-        "random:linear": {"full": {"test_auc": 0.51, "n_seeds": 3}},
-        "linear": {
-            "full": {
-                "test_auc": 0.8734,
-                "test_auc_std": 0.0121,
-                "test_auc_ci95": [0.8, 0.91],
-                "test_acc": 0.8,
-                "test_bacc": 0.79,
-                "test_f1": 0.78,
-                "test_ece": 0.05,
-                "n_seeds": 3,
-                "per_center": per_center(0.9, float("nan")),
-            },
-            "fewshot:1": {"test_auc": 0.6, "test_auc_std": 0.05},
-            "fewshot:5": {"test_auc": 0.7, "test_auc_std": 0.03},
-            "fraction:0.1": {"test_auc": 0.75},
-            "fraction:0.5": {"test_auc": 0.82, "test_auc_std": 0.01},
-        },
-        "pixels:linear": {"full": {"test_auc": float("nan"), "per_center": per_center(0.6, 0.55)}},
-        "knn": {"full": {"test_auc": 0.85, "test_auc_ci95": [0.79, float("nan")]}},
-    }
 
 
 def binary_predictions(n=80, seed=0):
@@ -71,10 +38,6 @@ def multiclass_predictions(n=90, seed=1):
     logits = rng.normal(size=(n, 3)) + 1.5 * np.eye(3)[y]
     proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     return y, proba, np.arange(3)
-
-
-def table_lines(markdown):
-    return [line for line in markdown.splitlines() if line.startswith("| ")]
 
 
 def test_roc_curves_writes_png_for_binary_and_multiclass_rows(tmp_path):
@@ -138,52 +101,3 @@ def test_label_efficiency_curves_returns_none_without_label_protocols(tmp_path):
     metrics = {"linear": {"full": {"test_auc": 0.8}}, "knn": {"fewshot:x": {"test_auc": 0.7}}}
     assert label_efficiency_curves(metrics, tmp_path / "eff.png") is None
     assert not (tmp_path / "eff.png").exists()
-
-
-def test_metrics_markdown_main_table_values_and_order(metrics):
-    lines = table_lines(metrics_markdown(metrics).split("## Per center")[0])
-    assert lines[0] == (
-        "| Head | Protocol | AUC (mean ± std) | 95% CI | Acc | Bal. acc | F1 | ECE | Seeds |"
-    )
-    body = lines[1:]
-    assert [line.split(" | ")[:2] for line in body] == [
-        ["| linear", "full"],
-        ["| linear", "fewshot:1"],
-        ["| linear", "fewshot:5"],
-        ["| linear", "fraction:0.1"],
-        ["| linear", "fraction:0.5"],
-        ["| knn", "full"],
-        ["| random:linear", "full"],
-        ["| pixels:linear", "full"],
-    ]
-    assert body[0] == (
-        "| linear | full | 0.873 ± 0.012 | [0.800, 0.910] | 0.800 | 0.790 | 0.780 | 0.050 | 3 |"
-    )
-    assert body[3] == "| linear | fraction:0.1 | 0.750 | – | – | – | – | – | – |"
-    assert body[5] == "| knn | full | 0.850 | n/a | – | – | – | – | – |"
-    assert body[6] == "| random:linear | full | 0.510 | – | – | – | – | – | 3 |"
-    assert body[7] == "| pixels:linear | full | n/a | – | – | – | – | – | – |"
-
-
-def test_metrics_markdown_per_center_section(metrics):
-    markdown = metrics_markdown(metrics, title="BreastMNIST")
-    assert markdown.startswith("# BreastMNIST\n")
-    section = markdown.split("## Per center (test AUC)")[1]
-    assert "### full" in section and "### fewshot" not in section
-    assert table_lines(section) == [
-        "| Head | center_a (n=40) | center_b (n=35) |",
-        "| linear | 0.900 | n/a |",
-        "| pixels:linear | 0.600 | 0.550 |",
-    ]
-
-
-def test_metrics_markdown_has_no_per_center_section_without_data():
-    markdown = metrics_markdown({"linear": {"full": {"test_auc": 0.8}}})
-    assert "Per center" not in markdown
-    assert len(table_lines(markdown)) == 2
-
-
-def test_write_metrics_markdown_is_atomic_and_matches(tmp_path, metrics):
-    path = write_metrics_markdown(metrics, tmp_path / "out" / "metrics.md", title="T")
-    assert path.read_text(encoding="utf-8") == metrics_markdown(metrics, title="T")
-    assert [p.name for p in path.parent.iterdir()] == ["metrics.md"]

@@ -1,5 +1,5 @@
 """Tests for medfm.metrics.classification: balanced accuracy, macro F1, ECE, bootstrap AUC CI
-(values, coverage, grouping), multi-label AUC, ordinal metrics and the classification report."""
+(values, coverage, grouping), multi-label AUC and the classification report."""
 
 import math
 import warnings
@@ -16,7 +16,6 @@ from medfm.metrics.classification import (
     expected_calibration_error,
     f1_macro,
     multilabel_auc,
-    ordinal_metrics,
 )
 from medfm.metrics.scores import auc
 
@@ -292,27 +291,6 @@ def test_multilabel_auc_rejects_bad_input():
         multilabel_auc(np.array([[0, 2], [1, 0]]), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="every label has a single class"):
         multilabel_auc(np.array([[0, 1], [0, 1]]), np.zeros((2, 2)))
-
-
-# ----------------------------------------------------------------------------- ordinal
-
-
-def test_ordinal_metrics_by_hand():
-    # grades 10..50 in order; MAE counts grade steps (positions), not label differences
-    classes = np.array([10, 20, 30, 40, 50])
-    y = np.array([10, 20, 30, 50])
-    predicted_position = [0, 2, 2, 1]  # true positions 0, 1, 2, 4 -> |0| + |1| + |0| + |3| = 4
-    proba = np.full((4, 5), 0.1)
-    proba[np.arange(4), predicted_position] = 0.6
-    out = ordinal_metrics(y, proba, classes)
-    assert out["mae"] == pytest.approx(1.0)
-    assert out["accuracy"] == pytest.approx(0.5)
-    assert out["auc"] == pytest.approx(auc(y, proba, classes))
-
-
-def test_ordinal_metrics_reject_a_single_class_split():
-    with pytest.raises(ValueError, match="single class"):
-        ordinal_metrics([1, 1], np.array([[0.2, 0.8], [0.6, 0.4]]))
 
 
 # ----------------------------------------------------------------------------- report

@@ -10,7 +10,7 @@ from medfm.models.backbones import SIZES
 from medfm.models.encoder_io import load_encoder_config
 from medfm.models.patch_embed import UnifiedPatchEmbed
 from medfm.models.pos_embed import sincos_1d, sincos_2d, sincos_3d
-from medfm.models.vit3d import ViT3D, from_monai_state_dict, to_monai_state_dict
+from medfm.models.vit3d import ViT3D, to_monai_state_dict
 
 BASE = ["model.depth=1", "data.image_size=16", "model.patch_size=4"]
 
@@ -141,11 +141,6 @@ def test_monai_vit_gives_the_same_hidden_states_without_class_token():
         out, hidden = monai(x)
         torch.testing.assert_close(out, ours.forward_features(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(hidden[0], ours.blocks[0](ours.embed_patches(x)[0]))
-    # and back: MONAI's weights give our model the same state
-    back = from_monai_state_dict(monai.state_dict(), class_token=False)
-    assert back.keys() == ours.state_dict().keys()
-    for key, value in ours.state_dict().items():
-        torch.testing.assert_close(back[key], value, rtol=0, atol=0)
 
 
 def test_monai_vit_with_class_token_matches_our_forward_features():
@@ -168,9 +163,6 @@ def test_monai_mapping_skips_the_2d_kernel_and_rejects_foreign_keys():
     assert ViT(**unified.monai_vit_kwargs()).load_state_dict(mapped, strict=True)
     with pytest.raises(KeyError, match="head.weight"):
         to_monai_state_dict({"head.weight": torch.zeros(1)})
-    loaded = ViT3D(8, 4, embed_dim=24, depth=1, num_heads=2, unified=True)
-    result = loaded.load_state_dict(from_monai_state_dict(mapped), strict=False)
-    assert sorted(result.missing_keys) == ["patch_embed.proj_2d.bias", "patch_embed.proj_2d.weight"]
 
 
 @pytest.mark.parametrize("name", ["vit3d_tiny", "unified_tiny"])

@@ -5,8 +5,9 @@ PathoROB index) and a brute-force reference."""
 import numpy as np
 import pytest
 
+from medfm.features.neighbours import knn_search
 from medfm.robustness.index import robustness_index
-from medfm.robustness.k_selection import knn_balanced_accuracy, ri_curve, ri_curves, select_k
+from medfm.robustness.k_selection import ri_curve, ri_curves, select_k, vote_balanced_accuracy
 
 
 def unit(*degrees):
@@ -22,6 +23,11 @@ def unit(*degrees):
 EMB = unit(0, 10, 22, 36, 90, 100, 112, 55)
 BIO = np.array(["A", "A", "A", "A", "B", "B", "B", "B"])
 CENTER = np.array(["c1", "c2", "c1", "c2", "c1", "c2", "c1", "c2"])
+
+
+def knn_balanced_accuracy(emb, labels, ks):
+    """Leave-one-out kNN balanced accuracy at each k of the increasing ``ks``."""
+    return vote_balanced_accuracy(knn_search(emb, max(ks))[0], labels, ks)
 
 
 def test_select_k_prefers_k1_when_a_small_class_is_swamped_at_larger_k():
@@ -50,7 +56,7 @@ def test_select_k_prefers_k3_when_a_mislabelled_point_misleads_k1():
 def test_select_k_breaks_ties_by_the_smallest_k():
     emb = unit(0, 1, 2, 3, 60, 61, 62, 63)  # two tight clusters: every k <= 3 is perfect
     bio = np.array(["A"] * 4 + ["B"] * 4)
-    assert knn_balanced_accuracy(emb, bio, (2, 1, 3)) == {1: 1.0, 2: 1.0, 3: 1.0}
+    assert knn_balanced_accuracy(emb, bio, (1, 2, 3)) == {1: 1.0, 2: 1.0, 3: 1.0}
     assert select_k(emb, bio, grid=(3, 2, 1)) == 1
 
 

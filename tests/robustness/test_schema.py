@@ -1,10 +1,13 @@
-"""robustness.json has exactly the shape documented in medfm.robustness.audit's docstring."""
+"""robustness.json has exactly the shape documented in medfm.robustness.audit's docstring, as
+:func:`run_audit` and the ``medfm robustness`` command write it (the demo's is checked by
+tests/test_demo_e2e.py with :func:`check_results`)."""
 
 import json
 import math
 
 import numpy as np
 
+from medfm.cli.main import main
 from medfm.robustness.audit import AuditData, run_audit
 
 TOP = {"title", "dataset", "chance", "encoders"}
@@ -89,20 +92,25 @@ def check_results(results: dict) -> None:
         check_encoder(enc, centers)
 
 
-def test_a_real_audit_writes_exactly_the_documented_schema(tmp_path):
+def _datasets(n: int = 72) -> dict[str, AuditData]:
+    """Two encoders' embeddings of ``n`` samples (2 classes, 3 centers, patients of 2): one
+    separates the classes, the other the centers."""
     rng = np.random.default_rng(0)
-    n = 72
     bio = np.array(["benign", "malignant"])[np.arange(n) % 2]
     center = np.array(["c0", "c1", "c2"])[(np.arange(n) // 2) % 3]
     patient = np.array([f"p{i // 2}" for i in range(n)])
     signal = {"bio": (bio == "malignant") * 3.0, "center": (center == "c1") * 3.0}
-    datasets = {
+    return {
         name: AuditData(
             (rng.normal(size=(n, 8)) + s[:, None]).astype(np.float32), bio, center, patient
         )
         for name, s in signal.items()
     }
-    returned = run_audit(datasets, tmp_path, k=5, n_boot=20, title="schema")
+
+
+def test_a_real_audit_writes_exactly_the_documented_schema(tmp_path):
+    n = 72
+    returned = run_audit(_datasets(n), tmp_path, k=5, n_boot=20, title="schema")
     results = json.loads((tmp_path / "robustness.json").read_text())
     check_results(results)
     assert results["title"] == "schema" and list(results["encoders"]) == ["bio", "center"]
@@ -113,3 +121,22 @@ def test_a_real_audit_writes_exactly_the_documented_schema(tmp_path):
     assert set(returned["encoders"]["bio"]["ri_curve"]) == {5, 10, 20, 50}
     as_file = json.loads(json.dumps(returned))  # int keys become strings, as in the file
     assert json.dumps(as_file, sort_keys=True) == json.dumps(results, sort_keys=True)
+
+
+def test_the_robustness_command_writes_the_same_schema(tmp_path):
+    argv = ["robustness", "--out", str(tmp_path / "out"), "--k", "auto", "--bootstrap", "20"]
+    for name, data in _datasets().items():
+        path = tmp_path / f"{name}.npz"
+        np.savez(
+            path,
+            embeddings=data.embeddings,
+            label=data.bio,
+            center=data.center,
+            patient=data.groups,
+        )
+        argv += ["--embeddings", str(path)]
+    assert main([*argv, "--no-tracking", "--no-progress"]) == 0
+    results = json.loads((tmp_path / "out" / "robustness.json").read_text())
+    check_results(results)
+    assert list(results["encoders"]) == ["bio", "center"]
+    assert results["encoders"]["bio"]["k"] in (5, 10, 20, 50)

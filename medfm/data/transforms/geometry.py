@@ -1,8 +1,8 @@
-"""Geometry preprocessing: resample to a voxel spacing in RAS, 2D slices of volumes, fixed sizes.
+"""Geometry: 2D slices of volumes, in array and dict (``...d``) form.
 
-Resampling, orientation, padding and resizing are MONAI's (``Orientationd``, ``Spacingd``,
-``Resized``, ``ResizeWithPadOrCropd``); this module chooses their settings and composes them.
-Slicing is ours: MONAI has no transform that turns a volume into one of its 2D slices.
+Resampling, orientation and resizing are MONAI's, used as the ``orientation``, ``spacing`` and
+``resize`` steps of :mod:`medfm.data.transforms.preprocess`. Slicing is ours: MONAI has no
+transform that turns a volume into one of its 2D slices.
 
 Axis convention: images are channel-first, ``(C, X, Y, Z)`` for volumes as MONAI's readers give
 them (``(C, D, H, W)`` in torch's words). ``axis`` arguments count spatial axes only: ``0`` is X,
@@ -11,73 +11,13 @@ them (``(C, D, H, W)`` in torch's words). ``axis`` arguments count spatial axes 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import (
-    Compose,
-    MapTransform,
-    Orientationd,
-    Randomizable,
-    RandomizableTransform,
-    Resized,
-    ResizeWithPadOrCropd,
-    Spacingd,
-    Transform,
-)
-
-
-def resample_to_spacing_ras(
-    keys: KeysCollection,
-    pixdim: Sequence[float] | float,
-    mode: str | Sequence[str] = "bilinear",
-) -> Compose:
-    """Reorient to RAS, then resample to voxel spacing ``pixdim`` (mm), for ``MetaTensor`` keys.
-
-    ``Orientationd(axcodes="RAS")`` runs first so that ``pixdim`` is given in R, A, S order. The
-    field of view is kept (``Spacingd(scale_extent=True, align_corners=True)``): the outer voxel
-    edges stay in place, so going from 2 mm to 1 mm doubles the number of voxels along each axis.
-    Use ``mode="nearest"`` for label keys, e.g. ``mode=("bilinear", "nearest")`` for
-    ``keys=("image", "label")``; ``"bilinear"`` is trilinear on volumes.
-    """
-    return Compose(
-        [
-            Orientationd(keys, axcodes="RAS", labels=None),
-            Spacingd(keys, pixdim=pixdim, mode=mode, scale_extent=True, align_corners=True),
-        ]
-    )
-
-
-def crop_pad_resize(
-    keys: KeysCollection,
-    spatial_size: Sequence[int],
-    mode: str | Sequence[str] = "area",
-) -> Compose:
-    """Bring images to ``spatial_size`` without distorting them: resize, then pad or crop.
-
-    The longest side is resized to ``max(spatial_size)`` keeping the aspect ratio
-    (``Resized(size_mode="longest")``), then ``ResizeWithPadOrCropd`` pads with zeros (or
-    centre-crops) to ``spatial_size``; run it after intensity scaling so that zero is background.
-
-    ``mode="area"`` (the default) averages the input pixels each output pixel covers: when
-    shrinking, the usual case for foundation-model inputs, that is anti-aliased and keeps a
-    constant image constant up to its border. MONAI's ``anti_aliasing=True`` is not used because
-    its Gaussian pre-filter pads with zeros and darkens the image border (by 8 % along the edges
-    for a 2x shrink). When enlarging, ``"area"`` repeats pixels; pass ``"bilinear"`` (2D) or
-    ``"trilinear"`` (3D) instead. Give one mode per key for labels, e.g. ``("area", "nearest")``.
-    """
-    spatial_size = tuple(int(s) for s in spatial_size)
-    if len(spatial_size) not in (2, 3):
-        raise ValueError(f"spatial_size must have 2 or 3 entries, got {spatial_size}")
-    return Compose(
-        [
-            Resized(keys, spatial_size=max(spatial_size), size_mode="longest", mode=mode),
-            ResizeWithPadOrCropd(keys, spatial_size=spatial_size),
-        ]
-    )
+from monai.transforms import MapTransform, Randomizable, RandomizableTransform, Transform
 
 
 def _spatial_dim(img: NdarrayOrTensor, axis: int) -> int:
@@ -136,22 +76,6 @@ class RandSliceSample(RandomizableTransform):
         if randomize:
             self.randomize(img.shape[_spatial_dim(img, self.axis)])
         return take_slice(img, self.axis, self.index)
-
-
-class CenterSliced(MapTransform):
-    """Dict form of :class:`CenterSlice`."""
-
-    def __init__(
-        self, keys: KeysCollection, axis: int = -1, allow_missing_keys: bool = False
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.slicer = CenterSlice(axis)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.slicer(d[key])
-        return d
 
 
 class RandSliceSampled(Randomizable, MapTransform):

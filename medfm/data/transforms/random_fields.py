@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Self
 
 import numpy as np
 import torch
@@ -257,7 +258,50 @@ class RandFieldIntensity(RandomizableTransform):
         return convert_to_dst_type(x.to(dtype) * gain + offset, img, dtype=dtype)[0]
 
 
-class RandFieldAffined(RandomizableTransform, MapTransform):
+class _RandFieldd(RandomizableTransform, MapTransform):
+    """Dict form of a random-field transform ``self.transform``: with probability ``prob`` one
+    draw, sized by the first key's image, is applied to every key alike."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        transform: RandFieldAffine | RandFieldIntensity,
+        prob: float,
+        allow_missing_keys: bool,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.transform = transform
+
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> Self:
+        """Seed this transform and its array form alike."""
+        super().set_random_state(seed, state)
+        self.transform.set_random_state(seed, state)
+        return self
+
+    def _draw(self, img: NdarrayOrTensor) -> None:
+        """Draw the array form's fields for images shaped like ``img`` ``(C, *spatial)``."""
+        raise NotImplementedError
+
+    def _apply(self, d: dict[Hashable, NdarrayOrTensor]) -> None:
+        """Apply the drawn fields to every key of ``d``, in place."""
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key], randomize=False)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        self.randomize(None)
+        first = self.first_key(d)
+        if not self._do_transform or first == ():
+            return d
+        self._draw(d[first])
+        self._apply(d)
+        return d
+
+
+class RandFieldAffined(_RandFieldd):
     """Dict form of :class:`RandFieldAffine`: one field warps every key (image and label alike).
 
     ``mode`` may give one mode per key, e.g. ``("bilinear", "nearest")`` for image and label.
@@ -276,34 +320,21 @@ class RandFieldAffined(RandomizableTransform, MapTransform):
         padding_mode: str = "border",
         allow_missing_keys: bool = False,
     ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-        self.warp = RandFieldAffine(
+        warp = RandFieldAffine(
             strength, length_scale, 1.0, shift, rotation, scale, padding_mode=padding_mode
         )
+        super().__init__(keys, warp, prob, allow_missing_keys)
         self.mode = ensure_tuple_rep(mode, len(self.keys))
 
-    def set_random_state(
-        self, seed: int | None = None, state: np.random.RandomState | None = None
-    ) -> RandFieldAffined:
-        """Seed this transform and its array form alike."""
-        super().set_random_state(seed, state)
-        self.warp.set_random_state(seed, state)
-        return self
+    def _draw(self, img: NdarrayOrTensor) -> None:
+        self.transform.randomize(img.shape[1:])
 
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        self.randomize(None)
-        first = self.first_key(d)
-        if not self._do_transform or first == ():
-            return d
-        self.warp.randomize(d[first].shape[1:])
+    def _apply(self, d: dict[Hashable, NdarrayOrTensor]) -> None:
         for key, mode in self.key_iterator(d, self.mode):
-            d[key] = self.warp(d[key], randomize=False, mode=mode)
-        return d
+            d[key] = self.transform(d[key], randomize=False, mode=mode)
 
 
-class RandFieldIntensityd(RandomizableTransform, MapTransform):
+class RandFieldIntensityd(_RandFieldd):
     """Dict form of :class:`RandFieldIntensity`: the same fields for every key."""
 
     def __init__(
@@ -315,25 +346,8 @@ class RandFieldIntensityd(RandomizableTransform, MapTransform):
         channel_wise: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-        self.intensity = RandFieldIntensity(strength, length_scale, 1.0, channel_wise)
+        intensity = RandFieldIntensity(strength, length_scale, 1.0, channel_wise)
+        super().__init__(keys, intensity, prob, allow_missing_keys)
 
-    def set_random_state(
-        self, seed: int | None = None, state: np.random.RandomState | None = None
-    ) -> RandFieldIntensityd:
-        """Seed this transform and its array form alike."""
-        super().set_random_state(seed, state)
-        self.intensity.set_random_state(seed, state)
-        return self
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        self.randomize(None)
-        first = self.first_key(d)
-        if not self._do_transform or first == ():
-            return d
-        self.intensity.randomize(d[first].shape)
-        for key in self.key_iterator(d):
-            d[key] = self.intensity(d[key], randomize=False)
-        return d
+    def _draw(self, img: NdarrayOrTensor) -> None:
+        self.transform.randomize(img.shape)

@@ -169,19 +169,6 @@ class MacenkoNormalize(Transform):
         self.Io, self.alpha, self.beta = Io, alpha, beta
         self.min_tissue_pixels = min_tissue_pixels
 
-    @classmethod
-    def from_reference(
-        cls,
-        rgb: NdarrayOrTensor,
-        Io: float = 240.0,
-        alpha: float = 1.0,
-        beta: float = 0.15,
-        min_tissue_pixels: int = 100,
-    ) -> MacenkoNormalize:
-        """A normaliser whose target is the stains of the reference tile ``rgb``."""
-        stains, max_c = estimate_stain_matrix(rgb, Io, alpha, beta, min_tissue_pixels)
-        return cls(stains, max_c, Io, alpha, beta, min_tissue_pixels)
-
     def __call__(self, rgb: NdarrayOrTensor) -> NdarrayOrTensor:
         pixels = _pixels(rgb)
         od = optical_density(pixels, self.Io)

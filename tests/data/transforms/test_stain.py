@@ -96,13 +96,6 @@ def test_normalising_another_centers_tile_gives_the_reference_rendering():
     np.testing.assert_allclose(MacenkoNormalize()(tile), expected, atol=1e-3)
 
 
-def test_from_reference_targets_the_reference_tiles_stains(reference_tile):
-    tile = synthesise(OTHER_STAINS, concentrations(np.array([1.2, 0.9]), seed=3))
-    normalise = MacenkoNormalize.from_reference(tile)
-    np.testing.assert_allclose(normalise.target_stains, OTHER_STAINS, atol=1e-6)
-    np.testing.assert_allclose(normalise(tile), tile, atol=1e-3)
-
-
 def test_background_tiles_come_back_unchanged():
     white = np.full((3, SIZE, SIZE), 250, dtype=np.uint8)
     white[:, :3, :3] = 120  # a few tissue pixels, too few to estimate stains
