@@ -38,6 +38,7 @@ def test_pseudonymize_empty_stays_empty(value):
 
 def test_explicit_salt_wins_over_env_and_file(tmp_path, monkeypatch):
     monkeypatch.setenv(SALT_ENV, "from-env")
+    (tmp_path / SALT_FILE).parent.mkdir()
     (tmp_path / SALT_FILE).write_text("from-file")
     assert resolve_salt(tmp_path, "explicit") == b"explicit"
 
@@ -46,12 +47,14 @@ def test_env_salt_wins_over_file_and_creates_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv(SALT_ENV, "from-env")
     assert resolve_salt(tmp_path / "out") == b"from-env"
     assert not (tmp_path / "out").exists()
+    (tmp_path / SALT_FILE).parent.mkdir()
     (tmp_path / SALT_FILE).write_text("from-file")
     assert resolve_salt(tmp_path) == b"from-env"
 
 
 def test_existing_salt_file_is_used(tmp_path, monkeypatch):
     monkeypatch.delenv(SALT_ENV, raising=False)
+    (tmp_path / SALT_FILE).parent.mkdir()
     (tmp_path / SALT_FILE).write_text("from-file\n")
     assert resolve_salt(tmp_path) == b"from-file"
 
