@@ -45,6 +45,7 @@ from monai.transforms import (
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from medfm.config import ConfigError
+from medfm.data.transforms.geometry import CenterSliced
 from medfm.data.transforms.intensity import (
     HounsfieldWindowd,
     MultiWindowStackd,
@@ -172,6 +173,13 @@ def macenko(Io: float = 240.0, alpha: float = 1.0, beta: float = 0.15) -> MapTra
     """:class:`~medfm.data.transforms.stain.MacenkoNormalized`: H&E stain normalisation of RGB
     tiles."""
     return MacenkoNormalized(KEY, Io=Io, alpha=alpha, beta=beta)
+
+
+@PREPROCESS_STEPS.register("center_slice")
+def center_slice(axis: int = -1) -> MapTransform:
+    """:class:`~medfm.data.transforms.geometry.CenterSliced`: a volume ``(C, X, Y, Z)`` becomes
+    its middle 2D slice along spatial ``axis`` (-1: axial for RAS), for 2D encoders on 3D data."""
+    return CenterSliced(KEY, axis)
 
 
 @PREPROCESS_STEPS.register("resize")
