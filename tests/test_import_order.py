@@ -27,6 +27,7 @@ LAYERS = [
     ["medfm.train"],
     ["medfm.metrics", "medfm.figures"],
     ["medfm.features"],
+    ["medfm.curation"],
     ["medfm.heads"],
     ["medfm.evaluation"],
     ["medfm.robustness"],

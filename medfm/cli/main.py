@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from medfm import __version__
 from medfm.cli import (
+    curate_cmd,
     data_cmds,
     deidentify_cmd,
     demo_cmd,
@@ -28,6 +29,7 @@ COMMANDS = (
     data_cmds.synthetic,
     data_cmds.ingest,
     deidentify_cmd,
+    curate_cmd,
     shard_cmd,
     pretrain_cmd,
     evaluate_cmd,
@@ -59,7 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``medfm ARGV``; returns the exit status (2 on a config or file error, 1 on a non-finite
     loss)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    if extra and (overrides != extra or not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides:  # KEY=VALUE after options that follow a positional (medfm curate MANIFEST ...)
+        args.overrides = [*args.overrides, *overrides]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -38,6 +38,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from medfm.models.encoder_io import CONFIG, WEIGHTS, load_encoder_config
+from medfm.tracking.spool import http_settings
 
 log = logging.getLogger(__name__)
 ARTIFACT = "encoder"  # the artifacts/ sub-folder of the model that holds the run folder
@@ -148,7 +149,16 @@ def _pins() -> list[str]:
 
 @contextlib.contextmanager
 def _using(tracking_uri: str | None) -> Iterator[None]:
-    """Point mlflow's global tracking and registry URIs at ``tracking_uri`` for a while."""
+    """Point mlflow's global tracking and registry URIs at ``tracking_uri`` for a while, with
+    MLflow's own HTTP retries and timeout: a tracking logger's background sender shortens them
+    (process-wide, under a lock) while it sends, and holding the same lock here keeps a slow
+    registration from running with its 2 s timeout."""
+    with http_settings(max_retries=7, timeout=120.0), _uris(tracking_uri):
+        yield
+
+
+@contextlib.contextmanager
+def _uris(tracking_uri: str | None) -> Iterator[None]:
     if tracking_uri is None:
         yield
         return

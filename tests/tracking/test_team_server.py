@@ -7,6 +7,7 @@ itself, so the test cannot pass on another store."""
 import contextlib
 import glob
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -113,7 +114,7 @@ def _images(path: Path) -> Path:
 
 
 def test_pretraining_logs_and_registers_on_a_postgres_backed_server(
-    postgres, mlflow_servers, tmp_path, monkeypatch, capsys
+    postgres, mlflow_servers, tmp_path, monkeypatch, capsys, caplog
 ):
     url, _ = mlflow_servers.start(tmp_path / "server", mlflow_servers.free_port(), postgres)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
@@ -137,7 +138,8 @@ def test_pretraining_logs_and_registers_on_a_postgres_backed_server(
         ]
     )
     assert status == 0
-    assert "Registered as models:/team-encoder/1" in capsys.readouterr().out
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "Registered as models:/team-encoder/1" in capsys.readouterr().out, said
     run_id = Journal.load(find_journals(out)[0]).run_id
 
     client = MlflowClient(url, registry_uri=url)

@@ -4,6 +4,8 @@
 * ``a.dcm|b.dcm|...`` or a folder holding one series: a DICOM series, ordered and decoded as
   :mod:`medfm.data.sources.dicom_series` does at ingestion;
 * a single DICOM file: decoded the same way (a multi-frame file gives ``(X, Y, frames)``);
+* ``.npy``: a channel-first float array (``medfm curate`` writes slices of more than one
+  channel so);
 * NIfTI, PNG, JPEG or TIFF: MONAI ``LoadImage``.
 """
 
@@ -58,6 +60,8 @@ def load_path(path: str) -> torch.Tensor:
         return _dicom_volume([read_slice_header(Path(p)) for p in path.split(SERIES_SEPARATOR)])
     if is_dicom_file(Path(path)):  # decoded as ingestion did (multi-frame: frames last)
         return torch.as_tensor(load_series([Path(path)])[None])
+    if path.endswith(".npy"):  # a channel-first array, as `medfm curate` writes many-channel slices
+        return torch.as_tensor(np.load(path, allow_pickle=False).astype(np.float32))
     if Path(path).is_dir():  # a folder holding one DICOM series, ordered as ingestion did
         headers = [read_slice_header(p) for p in sorted(Path(path).iterdir()) if p.is_file()]
         return _dicom_volume(order_slices(headers))
