@@ -38,7 +38,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--method", default="dhash", help=METHOD_HELP)
     p.add_argument("--threshold", type=float, help="the method's threshold (see --method)")
-    p.add_argument("--scope", default="volume", choices=("volume", "dataset"))
+    p.add_argument(
+        "--scope",
+        default="volume",
+        choices=("volume", "dataset"),
+        help="volume: within each volume, as the paper (default); dataset: across all units",
+    )
     p.add_argument("--config", help="recipe whose data.preprocess the units go through")
     p.add_argument("--encoder", help="for --method embedding: any `medfm evaluate` encoder spec")
     p.add_argument("--weights", help="local weights file for a timm:<name> encoder")

@@ -11,6 +11,7 @@ SUBCOMMANDS = [
     "synthetic",
     "ingest",
     "deidentify",
+    "curate",
     "shard",
     "pretrain",
     "evaluate",
@@ -50,6 +51,19 @@ def test_console_script_top_level_help():
     )
     for command in SUBCOMMANDS:
         assert command in result.stdout
+
+
+def test_overrides_may_follow_options_and_unknown_options_fail(tmp_path, capsys):
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["curate", "m.csv", "--out", str(tmp_path), "--bogus", "a=1"])
+    assert exit_info.value.code == 2 and "--bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sync", str(tmp_path), "a=1"])  # sync takes no overrides
+    args, extra = parser.parse_known_args(["curate", "m.csv", "--out", "o", "seed=3"])
+    assert args.overrides == [] and extra == ["seed=3"]  # what main() appends
+    assert main(["curate", "missing.csv", "--out", str(tmp_path), "seed=3"]) == 2
+    assert "missing.csv not found" in capsys.readouterr().err
 
 
 def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
