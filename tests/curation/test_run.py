@@ -104,6 +104,24 @@ def test_dataset_scope_removes_exact_copies_of_2d_images(tmp_path):
     assert result.steps == 2
 
 
+def test_embedding_method_finds_the_copies_with_any_encoder_spec(tmp_path):
+    from medfm.curation.embed import make_embedder
+
+    labels = write_dataset(tmp_path / "d", SyntheticSpec(cases_per_center=2, images_per_case=1))
+    pngs = sorted((tmp_path / "d" / "raw").rglob("*.png"))
+    for png in pngs:
+        shutil.copy(png, png.with_name(f"copy_{png.name}"))
+    raw = tmp_path / "d" / "raw"
+    manifest = ingest([raw], tmp_path / "i", labels=labels, salt="s", progress=False).manifest
+    n = len(read_manifest(manifest))
+    data = _cfg("model.depth=1", "data.image_size=32", "data.channels=1").data
+    embed = make_embedder("random:vit_tiny_patch16_224", data, image_size=32)
+    report = curate(manifest, tmp_path / "c", data, "embedding", 0.9999, "dataset", embed, False)
+    assert report["seen"] == n and report["kept"] == n - len(pngs)
+    with pytest.raises(ValueError, match="needs --encoder"):
+        curate(manifest, tmp_path / "e", data, "embedding", 0.9, "dataset", None, False)
+
+
 def test_bad_input_gets_a_clear_error_or_a_counted_note(volumes, tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("id,path\n")
