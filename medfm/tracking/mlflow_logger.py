@@ -2,7 +2,9 @@
 
 Every call is appended to the run's journal in ``OUT/mlflow-spool/`` (:mod:`medfm.tracking.spool`)
 and returns; a background thread sends the journal to the server through ``MlflowClient`` (no
-global state, so nested runs and notebooks do not interfere). Tracking cannot stop training:
+global state, so nested runs and notebooks do not interfere), in batches at most every
+``send_seconds`` (2 s), so a step costs an append to a file, never an HTTP request. Tracking
+cannot stop training:
 
 - MLflow's HTTP client gets no retries and a short timeout on that thread, so a dead server costs
   at most ``timeout`` seconds per attempt, and never on the training thread;
@@ -36,7 +38,12 @@ class _Sender:
     """The thread that uploads the journals of one run and its nested runs, in order."""
 
     def __init__(
-        self, tracking_uri: str, spool_dir: Path, retry_seconds: float, timeout: float
+        self,
+        tracking_uri: str,
+        spool_dir: Path,
+        retry_seconds: float,
+        timeout: float,
+        send_seconds: float = 2.0,
     ) -> None:
         from mlflow.tracking import MlflowClient
 
@@ -50,6 +57,7 @@ class _Sender:
         self.thread: threading.Thread | None = None
         self.dirty = False  # entries journaled since the last attempt
         self.retry_at = 0.0  # no automatic attempt before this (time.monotonic())
+        self.send_seconds = send_seconds  # between automatic sends: one batch, not one per step
         self.forced = self.done = 0  # flush requests made / served
         self.stopping = False
         self.down = False
@@ -91,6 +99,8 @@ class _Sender:
             with self.cond:
                 if not ok:
                     self.dirty = True
+                else:
+                    self.retry_at = time.monotonic() + self.send_seconds
                 self.done = max(self.done, forced)
                 self.cond.notify_all()
 
