@@ -196,6 +196,8 @@ def register_encoder(
             shutil.copy2(run_dir / file, folder / file)
         if run_id is None:
             mlflow.set_experiment(experiment)
+        else:  # start_run(run_id) refuses a run outside the process's active experiment
+            mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
         where = {"run_id": run_id} if run_id else {"run_name": f"register-{name}"}
         with mlflow.start_run(**where, tags=tags) as run:
             warnings.filterwarnings("ignore", "An input example was not provided")

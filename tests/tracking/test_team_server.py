@@ -118,6 +118,9 @@ def test_pretraining_logs_and_registers_on_a_postgres_backed_server(
 ):
     url, _ = mlflow_servers.start(tmp_path / "server", mlflow_servers.free_port(), postgres)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    mlflow.set_tracking_uri(url)  # another experiment active in this process, as after any
+    mlflow.set_experiment("something-else")  # earlier registration: registering must cope
+    mlflow.set_registry_uri(url)
     out = tmp_path / "run"
     status = main(
         [
@@ -161,6 +164,10 @@ def test_pretraining_logs_and_registers_on_a_postgres_backed_server(
     assert version.run_id == run_id  # the training run itself holds the model
     assert version.tags["medfm.model_name"] == "vit_tiny_patch16_224"
     assert _rows(postgres, "SELECT name, version FROM model_versions") == [("team-encoder", 1)]
-    model = mlflow.pyfunc.load_model("models:/team-encoder/1")
+    try:
+        model = mlflow.pyfunc.load_model("models:/team-encoder/1")
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
     batch = np.zeros((2, 1, 16, 16), np.float32)
     assert model.predict(batch).shape[0] == 2
