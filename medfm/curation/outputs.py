@@ -13,13 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from medfm.figures import save_figure  # noqa: E402
+from medfm.figures import save_figure  # selects the Agg backend, as for every medfm figure
 
 SLICES = "slices"
 
