@@ -122,6 +122,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "eval": {
         "heads": ["linear", "knn"],
+        "features": "last",  # frozen heads read the last block, or lastN: the last N concatenated
         "knn_k_grid": [5, 10, 20],
         "linear_c_grid": [0.01, 0.1, 1.0, 10.0],
         "batch_size": 128,  # images per feature-extraction batch

@@ -63,6 +63,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--pooling", choices=("mean", "cls"), help="feature pooling (default: the encoder's)"
     )
+    p.add_argument(
+        "--features",
+        help="blocks the frozen heads read: last (default, eval.features) or lastN, e.g. last4 "
+        "(the last 4 blocks' pooled tokens concatenated, as DINO's linear evaluation)",
+    )
     p.add_argument("--weights", help="local weights file for a timm:<name> encoder")
     p.add_argument("--image-size", type=int, help="resize images to this size (timm encoders)")
     p.add_argument("--cache-dir", help="feature cache folder (default: OUT/feature_cache)")
@@ -81,6 +86,7 @@ def _evaluate_config(args: argparse.Namespace):
         None,
         [
             *([f"eval.heads=[{args.heads}]"] if args.heads else []),
+            *([f"eval.features={args.features}"] if args.features else []),
             f"eval.seeds={args.seeds}",
             f"eval.baselines={not args.no_baselines}",
             f"seed={args.seed}",

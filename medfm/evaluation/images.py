@@ -34,10 +34,29 @@ def image_rows(
     out_dir: Path,
 ) -> tuple[dict, dict]:
     """``(metrics rows, ROC predictions)`` of the finetune head per protocol and seed, and of
-    the soups of the full protocol's members."""
+    the soups of the full protocol's members; with ``eval.baselines`` the same rows again,
+    prefixed ``random:``, for the encoder's random-init twin under the same fine-tuning budget
+    and early stopping (so every table answers "does pre-training help fine-tuning?"). The twin
+    trains without layer-wise LR decay: the decay protects pre-trained early layers, and a
+    network trained from scratch has none to protect, so decaying them would only weaken the
+    baseline."""
     if task.multilabel:
         raise ValueError("the finetune and soup heads need single-label classes")
-    runner = FineTuner(enc, dataset, task, cfg, out_dir / "finetune")
+    encoders = {"": (enc, cfg)}
+    if bool(cfg.eval.baselines) and enc.twin is not None:
+        encoders["random:"] = (enc.twin, OmegaConf.merge(cfg, {"finetune": {"layer_decay": 1.0}}))
+    metrics: dict = {}
+    roc: dict = {}
+    for prefix, (encoder, run_cfg) in encoders.items():
+        runner = FineTuner(encoder, dataset, task, run_cfg, out_dir / "finetune")
+        more, more_roc = _rows_of(runner, heads, protocols, cfg)
+        metrics.update({prefix + row: v for row, v in more.items()})
+        roc.update({prefix + row: v for row, v in more_roc.items()})
+    return metrics, roc
+
+
+def _rows_of(runner: FineTuner, heads: list[str], protocols: list[Protocol], cfg: DictConfig):
+    """The finetune and soup rows (and the full protocol's test predictions) of one encoder."""
     n_boot = int(cfg.eval.bootstrap)
     metrics: dict = {}
     roc: dict = {}
@@ -45,7 +64,7 @@ def image_rows(
         for protocol in protocols:
             result, first = run_protocol(
                 lambda fold, seed, p=protocol: runner.predict(p.name, fold, seed),
-                task,
+                runner.task,
                 protocol,
                 n_seeds("finetune", protocol, int(cfg.eval.seeds)),
                 n_boot,
@@ -54,7 +73,9 @@ def image_rows(
             if protocol.name == "full":
                 roc["finetune"] = first
     if "soup" in heads:
-        metrics.update(runner.soups(n_boot))
+        soups, soup_roc = runner.soups(n_boot)
+        metrics.update(soups)
+        roc.update(soup_roc)
     return metrics, roc
 
 
@@ -110,9 +131,10 @@ class FineTuner:
         model, _ = self.run(protocol, fold, seed)
         return self.proba(model, fold.test), self.task.classes
 
-    def soups(self, n_boot: int) -> dict:
+    def soups(self, n_boot: int) -> tuple[dict, dict]:
         """``soup_uniform``, ``soup_greedy`` and ``finetune_best`` (best member on val) of
-        ``finetune.soup_size`` members fine-tuned on the full protocol with seeds 0, 1, ..."""
+        ``finetune.soup_size`` members fine-tuned on the full protocol with seeds 0, 1, ...:
+        their metrics rows and their test predictions."""
         fold = self.task.folds(Protocol("full"), 0)[0]
         if len(np.unique(self.task.labels[fold.val])) < 2:
             raise ValueError(
@@ -130,7 +152,7 @@ class FineTuner:
 
         best = int(np.nanargmax([v for _, v in members]))
         greedy, kept = greedy_soup(states, val_auc)
-        out = {}
+        out, roc = {}, {}
         for name, state in (
             ("finetune_best", states[best]),
             ("soup_uniform", uniform_soup(states)),
@@ -139,7 +161,8 @@ class FineTuner:
             model.load_state_dict(state)
             proba = self.proba(model, fold.test)
             report = score_fold(self.task, fold, proba, self.task.classes, n_boot)
+            roc[name] = (self.task.labels[fold.test], proba, self.task.classes)
             out[name] = {"full": report | {"n_seeds": len(members), "val_auc": val_auc(state)}}
         out["soup_greedy"]["full"]["members_kept"] = len(kept)
         model.load_state_dict(states[0])
-        return out
+        return out, roc

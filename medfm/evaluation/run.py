@@ -14,8 +14,9 @@ The ``metrics.json`` schema
 
 *row* (str): an encoder head, ``linear``, ``knn``, ``gda``, ``prototype``, ``mlp``,
 ``finetune``, and for ``soup`` the three rows ``finetune_best``, ``soup_uniform`` and
-``soup_greedy``; then the baselines of the same run, ``random:<feature head>`` (the same
-architecture at random initialisation; present when the encoder has a random twin) and
+``soup_greedy``; then the baselines of the same run, ``random:<row>`` (the same architecture at
+random initialisation, every head including fine-tuning and soups; present when the encoder has
+a random twin) and
 ``pixels:linear`` (logistic regression on raw pixels pooled to at most 4096 values; present when
 every image has the same shape). Baselines are omitted with ``eval.baselines=false``.
 
@@ -25,23 +26,26 @@ soup rows have ``full`` only.
 *entry*, single-label task (all numbers are JSON numbers; ``NaN`` where undefined, e.g. the AUC
 of a single-class held-out center):
 
-=====================  =================  ===================================================
-key                    type               meaning
-=====================  =================  ===================================================
-``test_auc``           float              test ROC AUC (macro one-vs-rest beyond 2 classes),
-                                          mean over seeds (loco: over held-out centers)
-``test_auc_std``       float              its sample std (0 for one repetition)
-``test_auc_ci95``      [float, float]     bootstrap 95% CI (patients resampled when they
-                                          repeat), mean of the repetitions' bounds
-``test_acc``           float              accuracy; ``test_acc_std`` its std
-``test_bacc``          float              balanced accuracy; ``test_bacc_std``
-``test_f1``            float              macro F1; ``test_f1_std``
-``test_ece``           float              expected calibration error; ``test_ece_std``
-``n_seeds``            int                repetitions behind the means
-``per_center``         {center: {...}}    only with 2+ centers in test (always for loco):
-                                          ``{"test_auc": float, "test_acc": float, "n": int}``
-``n_folds``            int                loco only: held-out centers
-=====================  =================  ===================================================
+=========================  =================  ===================================================
+key                        type               meaning
+=========================  =================  ===================================================
+``test_auc``               float              test ROC AUC (macro one-vs-rest beyond 2 classes),
+                                              mean over seeds (loco: over held-out centers)
+``test_auc_std``           float              its sample std (0 for one repetition)
+``test_auc_ci95``          [float, float]     bootstrap 95% CI (patients resampled when they
+                                              repeat), mean of the repetitions' bounds
+``test_acc``               float              accuracy; ``test_acc_std`` its std
+``test_bacc``              float              balanced accuracy; ``test_bacc_std``
+``test_f1``                float              macro F1; ``test_f1_std``
+``test_ece``               float              expected calibration error; ``test_ece_std``
+``n_seeds``                int                repetitions behind the means
+``per_center``             {center: {...}}    only with 2+ centers in test (always for loco):
+                                              ``{"test_auc": float, "test_acc": float, "n": int}``
+``n_folds``                int                loco only: held-out centers
+``gain_vs_random``         float              full protocol, rows with a ``random:`` twin only:
+                                              ``test_auc`` minus the twin's
+``gain_vs_random_ci95``    [float, float]     its paired bootstrap 95% CI (:mod:`.gains`)
+=========================  =================  ===================================================
 
 Soup rows (one set of members, not repeated) hold the same keys without the ``_std`` ones, with
 ``n_seeds`` the number of members, ``val_auc`` (float, validation AUC of those weights) and, for
@@ -72,6 +76,7 @@ from tqdm.auto import tqdm
 
 from medfm.data.datasets import build_dataset
 from medfm.data.transforms.preprocess import check_same_preprocess
+from medfm.evaluation.gains import add_gains
 from medfm.evaluation.images import image_rows
 from medfm.evaluation.outputs import log_nested, write_outputs
 from medfm.evaluation.protocols import Protocol, protocols_of
@@ -141,8 +146,16 @@ def evaluate(
     protocols = protocols_of(cfg.eval)
     dataset = build_dataset(rows, enc.cfg.data, progress=progress)
     cache = Path(cache_dir) if cache_dir else out_dir / "feature_cache"
+    features = str(cfg.eval.features)
     sources = feature_sources(
-        enc, rows, dataset, bool(cfg.eval.baselines), cache, progress, int(cfg.eval.batch_size)
+        enc,
+        rows,
+        dataset,
+        bool(cfg.eval.baselines),
+        cache,
+        progress,
+        int(cfg.eval.batch_size),
+        features,
     )
     logger.log_params(
         {
@@ -152,6 +165,7 @@ def evaluate(
             "protocols": ",".join(p.name for p in protocols),
             "seeds": int(cfg.eval.seeds),
             "pooling": str(enc.cfg.model.pooling),
+            "features": features,
         }
     )
     metrics, roc = _feature_rows(sources, heads, protocols, task, cfg, progress)
@@ -159,6 +173,7 @@ def evaluate(
         more, more_roc = image_rows(enc, dataset, task, heads, protocols, cfg, out_dir)
         metrics.update(more)
         roc.update(more_roc)
+    add_gains(metrics, roc, task, int(cfg.eval.bootstrap))
     write_outputs(metrics, roc, out_dir, f"{enc.name} on {Path(data).name}", logger)
     log_nested(metrics, logger)  # after the files: a tracking failure cannot cost the results
     if str(encoder).startswith("models:/"):  # a registered version: its best head's AUC

@@ -46,14 +46,16 @@ def feature_sources(
     cache_dir: str | os.PathLike | None,
     progress: bool,
     batch_size: int = 128,
+    features: str = "last",
 ) -> dict[str, np.ndarray]:
     """``{row prefix: features}``: ``""`` the encoder; with ``baselines`` also ``"random:"`` (its
-    random-init twin, same pooling) and ``"pixels:"`` (raw pixels, when the shapes agree)."""
-    sources = {"": encoder_features(enc, rows, dataset, cache_dir, progress, batch_size)}
+    random-init twin, same pooling and blocks) and ``"pixels:"`` (raw pixels, when the shapes
+    agree)."""
+    sources = {"": encoder_features(enc, rows, dataset, cache_dir, progress, batch_size, features)}
     if baselines and enc.twin is not None:
         enc.twin.cfg.model.pooling = enc.cfg.model.pooling
         sources["random:"] = encoder_features(
-            enc.twin, rows, dataset, cache_dir, progress, batch_size
+            enc.twin, rows, dataset, cache_dir, progress, batch_size, features
         )
     pixels = pixel_features(dataset) if baselines else None
     if pixels is not None:

@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from medfm.evaluation.gains import gains_markdown
 from medfm.io import write_text
 
 MISSING = "–"
@@ -154,9 +155,11 @@ def metrics_markdown(metrics: Mapping[str, Mapping], title: str = "Downstream ev
     Summary columns: Head | Protocol | AUC (mean ± std) | 95% CI | Acc | Bal. acc | F1 | ECE |
     Seeds, from the keys test_auc, test_auc_std, test_auc_ci95, test_acc, test_bacc, test_f1,
     test_ece and n_seeds. Values have 3 decimals, missing ones read "–" and NaN reads "n/a".
+    Rows with a ``gain_vs_random`` get a section of their gains over the random-init twin.
     """
     rows = ordered_rows(metrics)
-    lines = [f"# {title}", "", *_main_table(metrics, rows), *_per_center_section(metrics, rows)]
+    lines = [f"# {title}", "", *_main_table(metrics, rows), *gains_markdown(metrics)]
+    lines += _per_center_section(metrics, rows)
     return "\n".join(lines) + "\n"
 
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from medfm.data.datasets import load_image
 from medfm.features.cache import cached_features, feature_key
 from medfm.features.encoders import EvalEncoder
-from medfm.models.backbones import encode
+from medfm.models.backbones import encode_layers
 
 
 @torch.no_grad()
@@ -28,8 +28,11 @@ def extract_features(
     pooling: str = "mean",
     batch_size: int = 128,
     progress: bool = True,
+    features: str = "last",
 ) -> np.ndarray:
-    """Run ``model`` in eval mode over ``dataset`` in order; pooled features ``(n, d)``."""
+    """Run ``model`` in eval mode over ``dataset`` in order; pooled features ``(n, d)`` of the
+    last block, or ``(n, k * d)`` of the last ``k`` for ``features="lastK"``
+    (:func:`~medfm.models.backbones.encode_layers`)."""
     model.eval()
     device = next(model.parameters()).device
     chunks: list[np.ndarray] = []
@@ -37,7 +40,7 @@ def extract_features(
 
     def flush() -> None:
         images = torch.stack(batch).to(device)
-        chunks.append(encode(model, images, pooling).float().cpu().numpy())
+        chunks.append(encode_layers(model, images, pooling, features).float().cpu().numpy())
         batch.clear()
 
     for i in tqdm(range(len(dataset)), desc="features", unit="image", disable=not progress):
@@ -60,17 +63,22 @@ def encoder_features(
     cache_dir: str | os.PathLike | None,
     progress: bool,
     batch_size: int = 128,
+    features: str = "last",
 ) -> np.ndarray:
-    """``(n, d)`` features of every row under ``enc``, read from ``cache_dir`` when already there.
+    """``(n, d)`` features of every row under ``enc`` (``features``: ``last`` or ``lastK``
+    blocks), read from ``cache_dir`` when already there.
 
-    The cache key holds the encoder, its pooling, the data settings and the image paths, so
+    The cache key holds the encoder, its pooling, the block choice (``features``), the data
+    settings and the image paths, so
     ``medfm evaluate`` and the robustness audit share entries for the same encoder and data.
     """
     pooling = str(enc.cfg.model.pooling)
     data = {k: enc.cfg.data.get(k) for k in DATA_KEYS}
-    key = feature_key(enc.key, pooling, data, [r["path"] for r in rows])
+    key = feature_key(
+        enc.key, pooling, data | {"features": str(features)}, [r["path"] for r in rows]
+    )
 
     def compute() -> np.ndarray:
-        return extract_features(enc.build(), dataset, pooling, batch_size, progress)
+        return extract_features(enc.build(), dataset, pooling, batch_size, progress, features)
 
     return cached_features(cache_dir, key, compute)

@@ -208,9 +208,55 @@ def load_local_weights(model: VisionTransformer, path: str | os.PathLike) -> Non
         )
 
 
+def feature_layers(features: str) -> int:
+    """How many last blocks ``eval.features`` asks for: ``last`` -> 1, ``last4`` -> 4,
+    ``lastN`` -> N."""
+    text = str(features)
+    count = text.removeprefix("last")
+    if not text.startswith("last") or not (count == "" or count.isdigit() and int(count) > 0):
+        raise ValueError(
+            f"features={features!r}: use 'last' (the last block) or 'lastN', e.g. 'last4' "
+            "(the last 4 blocks concatenated, as DINO's linear evaluation)"
+        )
+    return int(count or 1)
+
+
+def encode_layers(
+    model: nn.Module, images: torch.Tensor, pooling: str = "mean", features: str = "last"
+) -> torch.Tensor:
+    """``(B, C, ...)`` -> ``(B, n * D)``: the pooled tokens of each of the last ``n`` blocks
+    (``features="lastN"``), each through the model's final norm, concatenated from the earliest
+    block to the last, as DINO's linear evaluation reads a ViT (Caron et al. 2021, "Emerging
+    Properties in Self-Supervised Vision Transformers", the last 4 blocks). ``"last"`` is
+    :func:`encode`. Block outputs are taken with forward hooks, so timm ViTs and medfm's
+    :class:`~medfm.models.vit3d.ViT3D` are read the same way (timm's own
+    ``forward_intermediates`` does not exist on ViT3D)."""
+    n = feature_layers(features)
+    if n == 1:
+        return encode(model, images, pooling)
+    blocks = list(getattr(model, "blocks", []))
+    if len(blocks) < n:
+        raise ValueError(
+            f"features={features!r} needs a transformer with at least {n} blocks; this model "
+            f"has {len(blocks)}; use features=last"
+        )
+    outputs: list[torch.Tensor] = []
+    handles = [b.register_forward_hook(lambda m, i, o: outputs.append(o)) for b in blocks[-n:]]
+    try:
+        model.forward_features(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.cat([_pool(model, model.norm(tokens), pooling) for tokens in outputs], dim=1)
+
+
 def encode(model: nn.Module, images: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
     """``(B, C, H, W)`` or ``(B, C, D, H, W)`` -> ``(B, D)``: mean patch token or class token."""
-    tokens = model.forward_features(images)  # (B, prefix + N, D)
+    return _pool(model, model.forward_features(images), pooling)  # tokens (B, prefix + N, D)
+
+
+def _pool(model: nn.Module, tokens: torch.Tensor, pooling: str) -> torch.Tensor:
+    """``(B, prefix + N, D)`` tokens (or a CNN's ``(B, D, *spatial)`` maps) -> ``(B, D)``."""
     if tokens.ndim > 3:  # a convolutional timm model: (B, D, *spatial) feature maps
         if pooling == "cls":
             raise ValueError("pooling='cls' needs a ViT with a class token; use 'mean'")

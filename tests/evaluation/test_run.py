@@ -94,12 +94,18 @@ def test_every_head_and_protocol_with_baselines_on_a_medmnist_file(small, tmp_pa
     )
     metrics = evaluate(str(small["encoder"]), small["npz"], cfg, tmp_path, progress=False)
     heads = ["linear", "knn", "gda", "prototype", "mlp"]
-    expected = (
-        set(heads)
-        | {f"random:{h}" for h in heads}
-        | {"pixels:linear", "finetune", "finetune_best", "soup_uniform", "soup_greedy"}
-    )
-    assert set(metrics) == expected
+    image_heads = ["finetune", "finetune_best", "soup_uniform", "soup_greedy"]
+    expected = set(heads + image_heads) | {f"random:{h}" for h in heads + image_heads}
+    assert set(metrics) == expected | {"pixels:linear"}
+    # the random-init twin is fine-tuned under the same budget: its own runs, one per seed
+    runs = sorted(p.name for p in (tmp_path / "finetune").iterdir())
+    assert len(runs) == 2 * len({r.rsplit("-", 1)[0] for r in runs})
+    for row in heads + image_heads:  # every row with a twin gets its gain and a paired CI
+        full, twin = metrics[row]["full"], metrics[f"random:{row}"]["full"]
+        assert full["gain_vs_random"] == pytest.approx(full["test_auc"] - twin["test_auc"])
+        lo, hi = full["gain_vs_random_ci95"]
+        assert lo <= hi
+        assert "gain_vs_random" not in metrics[f"random:{row}"]["full"]
     for head in heads + ["finetune"]:
         assert set(metrics[head]) == {"full", "fewshot:2", "fraction:0.5"}
         full = metrics[head]["full"]
@@ -118,6 +124,7 @@ def test_every_head_and_protocol_with_baselines_on_a_medmnist_file(small, tmp_pa
     )
     table = (tmp_path / "metrics.md").read_text()
     assert "| linear | fewshot:2 |" in table and "| pixels:linear | full |" in table
+    assert "## Gain over random initialisation" in table and "| finetune | " in table
     for png in ("roc_curves.png", "label_efficiency.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 

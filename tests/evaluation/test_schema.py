@@ -20,12 +20,20 @@ def _is_float(value) -> bool:
     return isinstance(value, float) and (math.isfinite(value) or math.isnan(value))
 
 
-def check_entry(entry: dict, protocol: str, centers: dict[str, set[str]]) -> None:
+def check_entry(
+    entry: dict, protocol: str, centers: dict[str, set[str]], twin: dict | None = None
+) -> None:
     """One single-label protocol entry, against the documented table; ``centers["test"]`` are
     the centers of the test split, ``centers["all"]`` those loco holds out (every labelled row
-    of a held-out center is its test set)."""
+    of a held-out center is its test set); ``twin`` is the same protocol's entry of the row's
+    ``random:`` baseline, if it has one."""
     centers = centers["all" if protocol == "loco" else "test"]
     keys = {"n_seeds", "test_auc_ci95", *SCALARS, *(f"{k}_std" for k in SCALARS)}
+    if twin is not None and protocol == "full":
+        keys |= {"gain_vs_random", "gain_vs_random_ci95"}
+        assert entry["gain_vs_random"] == pytest.approx(entry["test_auc"] - twin["test_auc"])
+        lo, hi = entry["gain_vs_random_ci95"]
+        assert -1.0 <= lo <= hi <= 1.0
     if protocol == "loco":
         keys |= {"n_folds", "per_center"}
     elif len(centers) > 1:
@@ -50,8 +58,9 @@ def check_metrics(metrics: dict, rows: set[str], protocols: set[str], centers: d
     assert set(metrics) == rows
     for row, by_protocol in metrics.items():
         assert set(by_protocol) == protocols, row
+        twin = metrics.get(f"random:{row}")
         for protocol, entry in by_protocol.items():
-            check_entry(entry, protocol, centers)
+            check_entry(entry, protocol, centers, twin[protocol] if twin else None)
 
 
 @pytest.fixture(scope="module")

@@ -34,3 +34,24 @@ def test_pixel_baseline_pools_each_image_and_refuses_mixed_shapes(mixed):
     np.testing.assert_array_equal(pixels[1], expected)
     with pytest.warns(UserWarning, match="differ in shape"):
         assert pixel_features(mixed) is None
+
+
+def test_the_block_choice_is_part_of_the_cache_key(tmp_path):
+    from omegaconf import OmegaConf
+
+    from medfm.features.encoders import EvalEncoder
+    from medfm.features.extract import encoder_features
+
+    def build():
+        torch.manual_seed(0)
+        return create_backbone({"name": "vit_tiny_patch16_224", "depth": 4, "patch_size": 4}, 8, 1)
+
+    cfg = OmegaConf.create({"model": {"pooling": "mean"}, "data": {"image_size": 8}})
+    enc = EvalEncoder("tiny", build, cfg, key="k")
+    data = [{"image": torch.rand(1, 8, 8)} for _ in range(3)]
+    rows = [{"path": f"/nowhere/{i}.png"} for i in range(3)]
+    last = encoder_features(enc, rows, data, tmp_path, False)
+    last4 = encoder_features(enc, rows, data, tmp_path, False, features="last4")
+    assert last.shape == (3, 192) and last4.shape == (3, 4 * 192)
+    assert len(list(tmp_path.glob("*.npy"))) == 2  # two entries, neither read for the other
+    np.testing.assert_allclose(last4[:, -192:], last, rtol=1e-5, atol=1e-6)

@@ -5,6 +5,7 @@ from safetensors.torch import load_file
 
 from medfm.config import load_config
 from medfm.models import create_backbone, encode, load_encoder, save_encoder
+from medfm.models.backbones import encode_layers
 from medfm.models.encoder_io import load_encoder_config
 from medfm.models.pos_embed import sincos_2d
 
@@ -120,3 +121,32 @@ def test_rgb_weights_load_into_a_grey_scale_backbone_summed_over_channels(tmp_pa
     expected = source.patch_embed.proj.weight.sum(dim=1, keepdim=True)
     torch.testing.assert_close(grey.patch_embed.proj.weight, expected)
     torch.testing.assert_close(grey.blocks[0].mlp.fc1.weight, source.blocks[0].mlp.fc1.weight)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit3d_tiny"])
+def test_last_blocks_are_each_normed_pooled_and_concatenated_earliest_first(name):
+    model = create_backbone({"name": name, "depth": 3, "patch_size": 4}, 8, 1, 8).eval()
+    x = torch.rand(2, 1, *([8] * (3 if name.startswith("vit3d") else 2)))
+    with torch.no_grad():
+        got = encode_layers(model, x, "mean", "last2")
+        # by hand: the blocks one by one from the embedded tokens, each normed and pooled
+        h = model.forward_features.__self__  # the same module
+        kept: list = []
+        for i, block in enumerate(h.blocks):
+            block.register_forward_hook(lambda m, inp, out, i=i: kept.append((i, out)))
+        model.forward_features(x)
+        kept = [out for i, out in kept if i >= len(h.blocks) - 2]
+        prefix = model.num_prefix_tokens
+        expected = torch.cat([model.norm(t)[:, prefix:].mean(1) for t in kept], dim=1)
+    assert got.shape == (2, 2 * model.embed_dim)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got[:, model.embed_dim :], encode(model, x, "mean"))
+    assert torch.equal(encode_layers(model, x, "cls", "last"), encode(model, x, "cls"))
+
+
+def test_a_bad_block_choice_names_the_valid_ones():
+    model = create_backbone({"name": "vit_tiny_patch16_224", "depth": 2, "patch_size": 4}, 8, 1)
+    with pytest.raises(ValueError, match="use 'last'"):
+        encode_layers(model, torch.rand(1, 1, 8, 8), "mean", "first4")
+    with pytest.raises(ValueError, match="at least 4 blocks"):
+        encode_layers(model, torch.rand(1, 1, 8, 8), "mean", "last4")
