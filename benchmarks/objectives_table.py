@@ -4,13 +4,18 @@ For each objective (its recipe: ``configs/pretrain/medmnist_2d.yaml`` plus the o
 settings below) and each seed, pre-train for exactly ``--steps`` optimiser steps (steps, not
 minutes, so the table does not depend on the machine's speed), then run ``medfm evaluate``'s one
 pipeline (:func:`medfm.evaluation.run.evaluate`) with the heads ``linear``, ``knn`` and
-``finetune``. The random-init rows are the same architecture at the same seed, fine-tuned under
+``finetune`` and ``dr_tune`` (fine-tuning with DR-Tune's distribution regularisation, under the
+same budget). The random-init rows are the same architecture at the same seed, fine-tuned under
 the same budget and early stopping (without layer-wise LR decay, as ``random:finetune`` in
 ``medfm evaluate``); the raw-pixel row is logistic regression on the pixels. Prints one table,
 mean ± std over seeds, with steps, images/s and wall time per objective.
 
     python benchmarks/objectives_table.py --data ../shared/data/breastmnist.npz --steps 100 \
         --seeds 0 1 2
+    python benchmarks/objectives_table.py --data phantoms --steps 100   # the embedded phantoms
+
+``--data phantoms`` writes the embedded multi-center phantoms (4 classes, 3 centers, 28 px) as a
+MedMNIST-format file, split by patient, and runs the same table on it.
 
 Each recipe is a starting point, not a sweep: the temperatures, crops and mask ratios of each
 paper, at the 28-pixel scale (DINO's local crops are 12 pixels, 3 x 3 patches).
@@ -46,7 +51,10 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
     "cae": ("ssl.objective=cae", "ssl.mask_ratio=0.5", "train.lr=1.5e-3"),
     "sit": ("ssl.objective=sit",),
 }
-HEADS = ("linear", "knn", "finetune")
+HEADS = ("linear", "knn", "finetune", "dr_tune")
+# each head's random-init row (DR-Tune regularises towards pre-trained features, which a random
+# encoder does not have: its baseline is plain fine-tuning from scratch)
+TWIN = {"linear": "linear", "knn": "knn", "finetune": "finetune", "dr_tune": "finetune"}
 
 
 def _run(name: str, overrides: tuple[str, ...], seed: int, out: Path, args, baselines: bool):
@@ -76,10 +84,34 @@ def _run(name: str, overrides: tuple[str, ...], seed: int, out: Path, args, base
     run |= {"steps": result.steps, "images/s": result.images_per_second, "seconds": seconds}
     if baselines:
         run["baselines"] = {
-            "random init": {h: metrics[f"random:{h}"]["full"]["test_auc"] for h in HEADS},
+            "random init": {h: metrics[f"random:{TWIN[h]}"]["full"]["test_auc"] for h in HEADS},
             "raw pixels": {"linear": metrics["pixels:linear"]["full"]["test_auc"]},
         }
     return run
+
+
+def phantoms_npz(path: Path, cases_per_center: int = 100, images_per_case: int = 3) -> Path:
+    """The embedded phantoms (:mod:`medfm.data.synthetic`) at 28 px as a MedMNIST ``.npz``,
+    patients split 70/10/20 into train/val/test."""
+    from medfm.data.synthetic import SyntheticSpec, generate
+
+    spec = SyntheticSpec(
+        cases_per_center=cases_per_center, images_per_case=images_per_case, size=28
+    )
+    items = list(generate(spec))
+    cases = sorted({item.case for item in items})
+    order = np.random.default_rng(0).permutation(len(cases))
+    split = {
+        cases[i]: ("train" if r < 0.7 else "val" if r < 0.8 else "test")
+        for r, i in zip(np.arange(len(cases)) / len(cases), order, strict=True)
+    }
+    arrays = {}
+    for name in ("train", "val", "test"):
+        chosen = [item for item in items if split[item.case] == name]
+        arrays[f"{name}_images"] = np.stack([item.image for item in chosen])
+        arrays[f"{name}_labels"] = np.array([[item.label] for item in chosen])
+    np.savez_compressed(path, **arrays)
+    return path
 
 
 def _eval_cfg(seed: int, args, baselines: bool):
@@ -100,9 +132,8 @@ def _cell(values: list[float]) -> str:
 
 
 def _print_table(rows: dict[str, list[dict]]) -> None:
-    header = (
-        f"{'':12} {'linear':>14} {'kNN':>14} {'fine-tune':>14} {'steps':>6} {'img/s':>6} {'s':>6}"
-    )
+    header = f"{'':12} " + " ".join(f"{h:>14}" for h in HEADS)
+    header += f" {'steps':>6} {'img/s':>6} {'s':>6}"
     print(header)
     print("-" * len(header))
     for name, runs in rows.items():
@@ -119,17 +150,24 @@ def _print_table(rows: dict[str, list[dict]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/breastmnist.npz")
+    parser.add_argument(
+        "--data",
+        default=str(ROOT.parent / "shared/data/breastmnist.npz"),
+        help="a MedMNIST .npz, or 'phantoms' for the embedded multi-center phantoms",
+    )
     parser.add_argument("--objectives", nargs="+", default=["mae", "simclr", "dino", "hybrid"])
     parser.add_argument("--steps", type=int, default=100, help="pre-training steps (fixed)")
     parser.add_argument("--finetune-steps", type=int, default=150)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
-    if not args.data.is_file():
-        raise SystemExit(f"{args.data} not found (see shared/data/README.md)")
     rows: dict[str, list[dict]] = {name: [] for name in args.objectives}
     baselines: dict[str, list[dict]] = {"random init": [], "raw pixels": []}
     with tempfile.TemporaryDirectory() as tmp:
+        data_name = Path(args.data).stem
+        phantoms = args.data == "phantoms"
+        args.data = phantoms_npz(Path(tmp) / "phantoms.npz") if phantoms else Path(args.data)
+        if not args.data.is_file():
+            raise SystemExit(f"{args.data} not found (see shared/data/README.md)")
         for seed in args.seeds:
             for i, name in enumerate(args.objectives):
                 out = Path(tmp) / f"{name}-{seed}"
@@ -140,7 +178,7 @@ def main() -> None:
                 aucs = ", ".join(f"{h} {run[h]:.3f}" for h in HEADS)
                 print(f"seed {seed} {name}: {aucs}; {baselines['random init'][-1]}", flush=True)
     print(
-        f"\nBreastMNIST test AUC, {args.steps} pre-training steps of 128 images, "
+        f"\n{data_name} test AUC, {args.steps} pre-training steps of 128 images, "
         f"fine-tuning at most {args.finetune_steps} steps, seeds {args.seeds} (mean ± std)\n"
     )
     _print_table({**rows, **baselines})

@@ -92,12 +92,41 @@ DEFAULTS: dict[str, Any] = {
         "ema_momentum": 0.996,  # teacher EMA momentum at step 0 ...
         "ema_momentum_end": 1.0,  # ... rising along a cosine to this ...
         "ema_schedule_steps": "${train.max_steps}",  # ... at this step (null: constant)
+        # dinov2 (Oquab et al. 2023): the dino keys above + iBOT masked patches + KoLeo
+        "ibot_weight": 1.0,  # loss = dino + ibot_weight * iBOT + koleo_weight * KoLeo
+        "koleo_weight": 0.1,  # DINOv2's 0.1
+        "ibot_mask_prob": 0.5,  # a global crop is block-masked with this probability ...
+        "ibot_mask_ratio": [0.1, 0.5],  # ... at a masked fraction uniform in [low, high]
+        "ibot_separate_head": False,  # iBOT's own head (false: shares the DINO head)
+        "dinov2_centering": "centering",  # teacher: centering (EMA centre) | sinkhorn_knopp
+        "sinkhorn_iterations": 3,  # Sinkhorn-Knopp iterations (dinov2_centering=sinkhorn_knopp)
+        # cae (Chen et al. 2022): mask_ratio, decoder_*, norm_pix_loss as MAE; block masks
+        "cae_regressor_depth": 2,  # cross-attention blocks predicting masked latents
+        "cae_align_weight": 2.0,  # loss = pixel reconstruction + cae_align_weight * alignment
+        "cae_target": "stop_gradient",  # alignment target: stop_gradient (encoder) | ema (ema_*)
         # hybrid: weight_mim * MAE + weight_contrastive * InfoNCE
         "weight_mim": 1.0,
         "weight_contrastive": 1.0,
         # metadata: y-aware InfoNCE on batch[meta_key], kernel width in metadata units
         "meta_key": "meta",
         "meta_sigma": 1.0,
+        # sit (Atito et al. 2021): GMML corruption of groups of patches; rotation, contrastive
+        # and whole-image L1 reconstruction terms (medfm.ssl.sit)
+        "sit_corrupt_ratio": 0.5,  # fraction of patches corrupted per view, in groups
+        "sit_max_group": 0.5,  # largest group side, as a fraction of the patch grid's side
+        "sit_corrupt_probs": [0.4, 0.4, 0.2],  # a group gets noise / another image / zeros
+        "sit_weighting": "uncertainty",  # learned (Kendall et al. 2018), or "fixed": sit_weights
+        "sit_weights": [1.0, 1.0, 1.0],  # fixed weights of rotation, contrastive, reconstruction
+        "sit_corrupted_weight": 1.0,  # L1 weight of corrupted pixels (others 1)
+        # anatcl (Barbano et al. 2024): kernel over several descriptor columns (medfm.ssl.anatcl)
+        "meta_keys": None,  # manifest columns, e.g. [age, gm_volume]; null: [meta_key]
+        "anatcl_variant": "global",  # one kernel on the descriptor vector, or "local": one each
+        "anatcl_sigma": 1.0,  # kernel width in standard deviations
+        "anatcl_standardize": "dataset",  # z-score over the train rows, "batch" or "none"
+        # views of simclr, dino, hybrid, metadata, anatcl, sit: random-field warp (Mansfield et
+        # al. 2023, RandFieldAffine); 0 = off
+        "random_field_affine_strength": 0.0,
+        "random_field_affine_length_scale": 16.0,  # pixels of the view
     },
     "train": {
         "batch_size": 64,
@@ -113,7 +142,7 @@ DEFAULTS: dict[str, Any] = {
         "log_every": 10,
         "progress": True,
         "grad_accumulation": 1,  # micro-batches per optimiser step (per process)
-        "compile": False,  # torch.compile the objective
+        "compile": False,  # torch.compile the encoder (views and losses stay eager)
         "grad_checkpointing": False,  # recompute transformer blocks in backward
         "sync_batchnorm": False,  # SyncBatchNorm in projector heads under DDP (CUDA only)
         "monitor_every": 0,  # steps between online monitors (0 = off)
@@ -126,7 +155,8 @@ DEFAULTS: dict[str, Any] = {
         "knn_k_grid": [5, 10, 20],
         "linear_c_grid": [0.01, 0.1, 1.0, 10.0],
         "batch_size": 128,  # images per feature-extraction batch
-        "protocols": ["full"],  # full | fewshot:K[,K..] | fraction:F[,F..] | loco
+        # full | fewshot:K[,K..] | fraction:F[,F..] | loco | incremental:base=C1,C2[;shots=K]
+        "protocols": ["full"],
         "seeds": 1,  # repetitions of resampled protocols (and fine-tuning), as mean ± std
         "baselines": True,  # random-init twin and raw-pixel logistic regression in each table
         "bootstrap": 200,  # resamples for the test-AUC 95% CI
@@ -143,6 +173,12 @@ DEFAULTS: dict[str, Any] = {
         "eval_every": 25,  # steps between validation-AUC evaluations
         "patience": 4,  # evaluations without a better val AUC before stopping (0: never)
         "soup_size": 3,  # fine-tuned members (seeds) averaged by the soup head
+        # none | dr_tune: the classifier also learns from the calibrated features of a frozen
+        # pre-trained copy (DR-Tune, Zhou et al. 2023; the dr_tune head sets it for its row)
+        "regularizer": "none",
+        "dr_tune_weight": 1.0,  # loss = CE(fine-tuned) + weight * CE(calibrated pre-trained)
+        "dr_tune_queue": 1024,  # images in the queues of pre-trained / fine-tuned features
+        "dr_tune_rotate": True,  # global alignment: Procrustes rotation + mean shift (else shift)
         "progress": False,
     },
     "robustness": {

@@ -21,6 +21,7 @@ REAL_VOLUMES = {
     "uni4eye_mixed",
     "pathology_2d",
 }  # trained on real images: test_recipes_real.py
+REAL_VOLUMES |= {"anatcl_mri_3d"}  # on volumes with descriptor columns: tests/ssl/test_anatcl.py
 TINY = [
     "model.depth=1",
     "train.max_steps=2",

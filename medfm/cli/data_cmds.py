@@ -73,6 +73,19 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--label-column", default="label", help="labels column holding the class")
     p.add_argument(
+        "--label-columns",
+        default="",
+        metavar="COL[,COL...]",
+        help="numeric labels columns to copy into the manifest under their own names, e.g. "
+        "age,gm_volume (descriptors for ssl.objective=anatcl); none by default, and "
+        "report.json names the numeric columns left out. A column is refused (the ingest "
+        "stops, naming it and why) if its name looks like a PHI attribute (a DICOM Basic "
+        "Profile keyword, or containing patient, subject, name, date, birth, dob, yob, id, "
+        "mrn, accession, phone, email, address, ssn), if it is not numeric, or if its values "
+        "look like identifiers (distinct integers of 6+ digits) or dates (YYYYMMDD). An age "
+        "column (age, baseline_age, ...) is capped at 90 (HIPAA Safe Harbor)",
+    )
+    p.add_argument(
         "--center",
         default="column:center",
         help="where the center comes from: column:NAME (labels file), folder:LEVEL "
@@ -116,6 +129,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
         labels=args.labels,
         label_key=args.label_key,
         label_column=args.label_column,
+        label_columns=args.label_columns,
         center=args.center,
         salt=args.salt,
         seed=args.seed,

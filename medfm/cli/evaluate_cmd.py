@@ -54,8 +54,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--protocol",
         action="append",
         default=[],
-        help="full | fewshot:K[,K...] | fraction:F[,F...] | loco; repeatable "
-        "(default: full). fewshot alone means 1,5,10,20 shots; fraction alone 0.01,0.1,1",
+        help="full | fewshot:K[,K...] | fraction:F[,F...] | loco | "
+        "incremental:base=C1,C2[;shots=K]; repeatable (default: full). fewshot alone means "
+        "1,5,10,20 shots; fraction alone 0.01,0.1,1. incremental (class-incremental): the base "
+        "classes C1,C2 (names as in the labels, or base=F for the first fraction F of the sorted "
+        "classes) keep every training label, each other class K patients (default 5); the "
+        "prototype head calibrates novel prototypes with TEEN, and test_acc_base, "
+        "test_acc_novel and their harmonic mean test_acc_hm are reported",
     )
     p.add_argument(
         "--seeds", type=int, default=1, help="repetitions, reported as mean ± std (default: 1)"

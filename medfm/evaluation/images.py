@@ -1,14 +1,19 @@
-"""The image heads of ``medfm evaluate``: ``finetune`` (per protocol and seed) and ``soup``
-(uniform and greedy model soups of fine-tuned members, Wortsman et al., ICML 2022).
+"""The image heads of ``medfm evaluate``: ``finetune`` (per protocol and seed), ``soup``
+(uniform and greedy model soups of fine-tuned members, Wortsman et al., ICML 2022) and
+``dr_tune`` (fine-tuning with DR-Tune's distribution regularisation, Zhou et al., ICCV 2023).
 
-Fine-tuning is :func:`medfm.heads.finetune.fine_tune`; soups are :mod:`medfm.heads.soups`.
-Runs are keyed by (protocol, fold, seed) and shared by both heads, and each run's folder is named
-after everything that defines it, so the engine resumes an interrupted one.
+Fine-tuning is :func:`medfm.heads.finetune.fine_tune`; soups are :mod:`medfm.heads.soups`;
+DR-Tune is the same fine-tuning with ``finetune.regularizer=dr_tune``
+(:mod:`medfm.heads.dr_tune`), so it runs under exactly the budget, schedule, augmentation and
+early stopping of the ``finetune`` row next to it. Runs are keyed by (protocol, fold, seed) and
+shared by finetune and soup, and each run's folder is named after everything that defines it,
+so the engine resumes an interrupted one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,18 +38,21 @@ def image_rows(
     cfg: DictConfig,
     out_dir: Path,
 ) -> tuple[dict, dict]:
-    """``(metrics rows, ROC predictions)`` of the finetune head per protocol and seed, and of
-    the soups of the full protocol's members; with ``eval.baselines`` the same rows again,
-    prefixed ``random:``, for the encoder's random-init twin under the same fine-tuning budget
-    and early stopping (so every table answers "does pre-training help fine-tuning?"). The twin
-    trains without layer-wise LR decay: the decay protects pre-trained early layers, and a
-    network trained from scratch has none to protect, so decaying them would only weaken the
-    baseline."""
+    """``(metrics rows, ROC predictions)`` of the finetune head per protocol and seed, of the
+    soups of the full protocol's members and of the dr_tune head per protocol and seed; with
+    ``eval.baselines`` the finetune and soup rows again, prefixed ``random:``, for the
+    encoder's random-init twin under the same fine-tuning budget and early stopping (so every
+    table answers "does pre-training help fine-tuning?"). The twin trains without layer-wise LR
+    decay: the decay protects pre-trained early layers, and a network trained from scratch has
+    none to protect, so decaying them would only weaken the baseline. The twin never uses
+    DR-Tune either, and there is no ``random:dr_tune`` row: DR-Tune regularises toward the
+    frozen *pre-trained* features, which a random-init encoder does not have."""
     if task.multilabel:
-        raise ValueError("the finetune and soup heads need single-label classes")
+        raise ValueError("the finetune, dr_tune and soup heads need single-label classes")
     encoders = {"": (enc, cfg)}
     if bool(cfg.eval.baselines) and enc.twin is not None:
-        encoders["random:"] = (enc.twin, OmegaConf.merge(cfg, {"finetune": {"layer_decay": 1.0}}))
+        twin_cfg = {"finetune": {"layer_decay": 1.0, "regularizer": "none"}}
+        encoders["random:"] = (enc.twin, OmegaConf.merge(cfg, twin_cfg))
     metrics: dict = {}
     roc: dict = {}
     for prefix, (encoder, run_cfg) in encoders.items():
@@ -52,6 +60,31 @@ def image_rows(
         more, more_roc = _rows_of(runner, heads, protocols, cfg)
         metrics.update({prefix + row: v for row, v in more.items()})
         roc.update({prefix + row: v for row, v in more_roc.items()})
+    if "dr_tune" in heads:
+        dr_cfg = OmegaConf.merge(cfg, {"finetune": {"regularizer": "dr_tune"}})
+        runner = FineTuner(enc, dataset, task, dr_cfg, out_dir / "finetune")
+        more, more_roc = _protocol_rows(runner, "dr_tune", protocols, cfg)
+        metrics.update(more)
+        roc.update(more_roc)
+    return metrics, roc
+
+
+def _protocol_rows(runner: FineTuner, head: str, protocols: list[Protocol], cfg: DictConfig):
+    """Row ``head`` of ``runner``'s fine-tuning per protocol (and seed), and the full protocol's
+    test predictions."""
+    metrics: dict = {}
+    roc: dict = {}
+    for protocol in protocols:
+        result, first = run_protocol(
+            lambda fold, seed, p=protocol: runner.predict(p.name, fold, seed),
+            runner.task,
+            protocol,
+            n_seeds(head, protocol, int(cfg.eval.seeds)),
+            int(cfg.eval.bootstrap),
+        )
+        metrics.setdefault(head, {})[protocol.name] = result
+        if protocol.name == "full":
+            roc[head] = first
     return metrics, roc
 
 
@@ -61,17 +94,7 @@ def _rows_of(runner: FineTuner, heads: list[str], protocols: list[Protocol], cfg
     metrics: dict = {}
     roc: dict = {}
     if "finetune" in heads:
-        for protocol in protocols:
-            result, first = run_protocol(
-                lambda fold, seed, p=protocol: runner.predict(p.name, fold, seed),
-                runner.task,
-                protocol,
-                n_seeds("finetune", protocol, int(cfg.eval.seeds)),
-                n_boot,
-            )
-            metrics.setdefault("finetune", {})[protocol.name] = result
-            if protocol.name == "full":
-                roc["finetune"] = first
+        metrics, roc = _protocol_rows(runner, "finetune", protocols, cfg)
     if "soup" in heads:
         soups, soup_roc = runner.soups(n_boot)
         metrics.update(soups)
@@ -87,17 +110,25 @@ class FineTuner:
         self.runs: dict[tuple, tuple[FineTuneClassifier, float]] = {}
 
     def _folder(self, protocol: str, fold: Fold, seed: int) -> Path:
-        """Named after everything that defines the run (the engine resumes from that folder)."""
+        """Named after everything that defines the run (the engine resumes from that folder).
+        Without a regulariser the regulariser's keys are left out of the digest, so plain
+        fine-tuning keeps the folders it had before they existed."""
+        finetune = OmegaConf.to_container(self.cfg.finetune)
+        if finetune.get("regularizer", "none") == "none":
+            finetune = {
+                k: v for k, v in finetune.items() if k != "regularizer" and k[:8] != "dr_tune_"
+            }
         parts = [
             self.enc.key,
-            OmegaConf.to_yaml(self.cfg.finetune),
+            OmegaConf.to_yaml(finetune),
             str(self.task.classes),
             fold.train.tobytes().hex(),
             fold.val.tobytes().hex(),
         ]
         digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
         where = fold.held_out or "all"
-        return self.root / f"{protocol.replace(':', '_')}-{where}-seed{seed}-{digest}"
+        name = re.sub(r"[^\w.=,-]", "_", protocol)[:64]  # incremental:base=...;shots=K
+        return self.root / f"{name}-{where}-seed{seed}-{digest}"
 
     def run(self, protocol: str, fold: Fold, seed: int) -> tuple[FineTuneClassifier, float]:
         """The fine-tuned model of (protocol, fold, seed) and its best validation AUC."""

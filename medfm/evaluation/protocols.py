@@ -4,6 +4,14 @@
 * ``fewshot:K``: K labelled samples per class (K in 1, 5, 10, 20 by default).
 * ``fraction:F``: a fraction F of the labelled training samples (1 %, 10 %, 100 % by default).
 * ``loco``: leave one center out; train on the other centers, test on the held-out one.
+* ``incremental:base=C1,C2;shots=K``: class-incremental (few-shot class-incremental learning,
+  as TEEN, Wang et al., NeurIPS 2023, evaluates it): the *base* classes ``C1, C2`` (class names
+  as in the labels) keep every training label, every other class is *novel* and keeps K
+  patients (default 5; drawn as ``fewshot:K``); ``base=F`` with ``0 < F < 1`` takes the first
+  ``round(F * n_classes)`` classes in sorted order as base (at least one base and one novel
+  class). Every head trains on that subset; the prototype head calibrates its novel prototypes
+  with the base ones (TEEN, :func:`medfm.heads.prototype.teen_calibrate`). Reports add the
+  accuracy on base-class and on novel-class test images and their harmonic mean.
 
 Resampling is *patient-grouped*: patients are drawn, never single images, so no patient's images
 are split between "drawn" and "not drawn" (a k-shot draw of K patients per class takes every
@@ -13,6 +21,8 @@ image of those patients with that class, which is at least K images). Each draw 
 Example:
     >>> [p.name for p in parse_protocols(["full", "fewshot:1,5"])]
     ['full', 'fewshot:1', 'fewshot:5']
+    >>> [p.name for p in parse_protocols("incremental:base=benign,normal;shots=2")]
+    ['incremental:base=benign,normal;shots=2']
 """
 
 from __future__ import annotations
@@ -24,29 +34,73 @@ import numpy as np
 
 DEFAULT_SHOTS = (1, 5, 10, 20)
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
+DEFAULT_INCREMENTAL_SHOTS = 5
+KINDS = ("full", "fewshot", "fraction", "loco", "incremental")
 
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
-    """One protocol: ``kind`` in full/fewshot/fraction/loco and its shots or fraction."""
+    """One protocol: ``kind`` in full/fewshot/fraction/loco/incremental, its shots (fewshot,
+    incremental) or fraction, and for incremental the ``base`` classes as written (names, or
+    one fraction of the classes)."""
 
     kind: str
     value: float | None = None
+    base: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         """The protocol as written in ``eval.protocols`` (``full``, ``fewshot:5``,
-        ``fraction:0.1``, ``loco``)."""
+        ``fraction:0.1``, ``loco``, ``incremental:base=a,b;shots=5``)."""
         if self.kind == "fewshot":
             return f"fewshot:{int(self.value)}"
         if self.kind == "fraction":
             return f"fraction:{self.value:g}"
+        if self.kind == "incremental":
+            return f"incremental:base={','.join(self.base)};shots={int(self.value)}"
         return self.kind
 
     @property
     def resampled(self) -> bool:
-        """Whether seeds change the training set (few-shot and fractions below 1)."""
-        return self.kind == "fewshot" or (self.kind == "fraction" and self.value < 1.0)
+        """Whether seeds change the training set (few-shot, incremental and fractions below
+        1)."""
+        return self.kind in ("fewshot", "incremental") or (
+            self.kind == "fraction" and self.value < 1.0
+        )
+
+    def base_classes(self, classes: np.ndarray) -> np.ndarray:
+        """The base classes of an incremental protocol among the task's sorted ``classes``:
+        the names given, or the first ``round(F * n)`` classes (clipped to ``[1, n - 1]``) for
+        ``base=F``; a ``ValueError`` for an unknown name or when no class is left novel."""
+        classes = np.asarray(classes).astype(str)
+        fraction = _base_fraction(self.base)
+        if fraction is not None and self.base[0] not in classes:
+            n = min(max(int(round(fraction * len(classes))), 1), len(classes) - 1)
+            return classes[:n]
+        base = np.array(self.base)
+        unknown = base[~np.isin(base, classes)]
+        if len(unknown):
+            raise ValueError(
+                f"protocol {self.name!r}: base classes {unknown.tolist()} are not labels of the "
+                f"data; its classes are {classes.tolist()}"
+            )
+        if np.isin(classes, base).all():
+            raise ValueError(
+                f"protocol {self.name!r}: every class is a base class, so none is novel; leave "
+                "at least one class out of base="
+            )
+        return classes[np.isin(classes, base)]
+
+
+def _base_fraction(base: tuple[str, ...]) -> float | None:
+    """``F`` when ``base`` is a single number in (0, 1), else None."""
+    if len(base) != 1:
+        return None
+    try:
+        value = float(base[0])
+    except ValueError:
+        return None
+    return value if 0 < value < 1 else None
 
 
 def _values(text: str, default: tuple, cast, what: str) -> list:
@@ -59,15 +113,19 @@ def _values(text: str, default: tuple, cast, what: str) -> list:
 
 
 def parse_protocols(specs: str | Iterable[str]) -> list[Protocol]:
-    """``"full"``, ``"fewshot:1,5,10,20"``, ``"fraction:0.01,0.1"``, ``"loco"``, or several of
+    """``"full"``, ``"fewshot:1,5,10,20"``, ``"fraction:0.01,0.1"``, ``"loco"``,
+    ``"incremental:base=C1,C2;shots=K"`` (or ``base=F``; ``;shots=K`` optional), or several of
     them (an iterable, or one string joined by ``;``); ``fewshot``/``fraction`` alone take the
     default grids."""
-    items = specs.split(";") if isinstance(specs, str) else [str(s) for s in specs]
+    specs = [specs] if isinstance(specs, str) else specs
+    items = [part for spec in specs for part in str(spec).split(";")]
     out: list[Protocol] = []
     for item in _rejoin(s.strip() for s in items if s.strip()):
         kind, _, rest = item.partition(":")
         if kind in ("full", "loco") and not rest:
             out.append(Protocol(kind))
+        elif kind == "incremental":
+            out.append(_incremental(item, rest))
         elif kind == "fewshot":
             shots = _values(rest, DEFAULT_SHOTS, int, kind)
             if min(shots) < 1:
@@ -80,17 +138,47 @@ def parse_protocols(specs: str | Iterable[str]) -> list[Protocol]:
             out += [Protocol("fraction", f) for f in fractions]
         else:
             raise ValueError(
-                f"unknown protocol {item!r}; use full, fewshot:K[,K...], fraction:F[,F...] or loco"
+                f"unknown protocol {item!r}; use full, fewshot:K[,K...], fraction:F[,F...], "
+                "loco or incremental:base=C1,C2[;shots=K]"
             )
     return list(dict.fromkeys(out))
 
 
+def _incremental(item: str, rest: str) -> Protocol:
+    """``base=C1,C2`` or ``base=F``, then optionally ``;shots=K``."""
+    fields = dict(part.partition("=")[::2] for part in rest.split(";"))
+    base = tuple(c.strip() for c in fields.pop("base", "").split(",") if c.strip())
+    shots = fields.pop("shots", str(DEFAULT_INCREMENTAL_SHOTS))
+    if not base or fields:
+        raise ValueError(
+            f"protocol {item!r}: write incremental:base=C1,C2[;shots=K] (class names as in the "
+            "labels) or incremental:base=F[;shots=K] (the first fraction F of the classes)"
+        )
+    if len(set(base)) < len(base):
+        raise ValueError(f"protocol {item!r}: a base class is named twice")
+    try:
+        k = int(shots)
+    except ValueError:
+        raise ValueError(f"protocol {item!r}: shots must be an integer") from None
+    if k < 1:
+        raise ValueError(f"protocol {item!r}: shots per novel class must be >= 1")
+    return Protocol("incremental", k, base)
+
+
 def _rejoin(items: Iterable[str]) -> list[str]:
     """``["fewshot:1", "5", "full"]`` -> ``["fewshot:1,5", "full"]``: a list written as
-    ``[fewshot:1,5]`` on the command line arrives split at its commas."""
+    ``[fewshot:1,5]`` on the command line arrives split at its commas (and
+    ``incremental:base=a,b`` as ``["incremental:base=a", "b"]``); a string joined by ``;``
+    arrives with ``incremental:base=a,b;shots=5`` split into ``[..., "shots=5"]``."""
     out: list[str] = []
     for item in items:
-        if out and out[-1].startswith(("fewshot:", "fraction:")) and item[:1].isdigit():
+        last = out[-1] if out else ""
+        open_incremental = last.startswith("incremental:") and ";shots=" not in last
+        if last.startswith(("fewshot:", "fraction:")) and item[:1].isdigit():
+            out[-1] += f",{item}"
+        elif open_incremental and item.startswith("shots="):
+            out[-1] += f";{item}"
+        elif open_incremental and "=" not in item and item.partition(":")[0] not in KINDS:
             out[-1] += f",{item}"
         else:
             out.append(item)
@@ -139,14 +227,40 @@ def label_fraction(
     return np.flatnonzero(np.isin(pids, chosen))
 
 
-def train_subset(
-    labels: np.ndarray, protocol: Protocol, seed: int, patients: np.ndarray | None = None
+def incremental_subset(
+    labels: np.ndarray,
+    base: np.ndarray,
+    shots: int,
+    seed: int,
+    patients: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The indices of the training samples ``protocol`` keeps (``full``/``loco``: all)."""
+    """Indices of every sample of a ``base`` class and of ``shots`` patients per novel class
+    (:func:`few_shot` on the novel samples), sorted."""
+    labels = np.asarray(labels)
+    is_base = np.isin(labels, base)
+    novel = np.flatnonzero(~is_base)
+    pids = None if patients is None else np.asarray(patients)[novel]
+    drawn = novel[few_shot(labels[novel], shots, seed, pids)]
+    return np.sort(np.concatenate([np.flatnonzero(is_base), drawn]))
+
+
+def train_subset(
+    labels: np.ndarray,
+    protocol: Protocol,
+    seed: int,
+    patients: np.ndarray | None = None,
+    base: np.ndarray | None = None,
+) -> np.ndarray:
+    """The indices of the training samples ``protocol`` keeps (``full``/``loco``: all;
+    ``incremental`` needs its resolved ``base`` classes)."""
     if protocol.kind == "fewshot":
         return few_shot(labels, int(protocol.value), seed, patients)
     if protocol.kind == "fraction":
         return label_fraction(labels, float(protocol.value), seed, patients)
+    if protocol.kind == "incremental":
+        if base is None:
+            raise ValueError("train_subset: an incremental protocol needs its base classes")
+        return incremental_subset(labels, base, int(protocol.value), seed, patients)
     return np.arange(len(labels))
 
 

@@ -13,15 +13,21 @@ The ``metrics.json`` schema
 ``{row: {protocol: entry}}``, keys sorted.
 
 *row* (str): an encoder head, ``linear``, ``knn``, ``gda``, ``prototype``, ``mlp``,
-``finetune``, and for ``soup`` the three rows ``finetune_best``, ``soup_uniform`` and
-``soup_greedy``; then the baselines of the same run, ``random:<row>`` (the same architecture at
-random initialisation, every head including fine-tuning and soups; present when the encoder has
-a random twin) and
+``finetune``, ``dr_tune`` (fine-tuning under the same budget and early stopping as
+``finetune``, regularised by the frozen pre-trained features, DR-Tune, Zhou et al., ICCV 2023;
+:mod:`medfm.heads.dr_tune`), and for ``soup`` the three rows ``finetune_best``,
+``soup_uniform`` and ``soup_greedy``; then the baselines of the same run, ``random:<row>`` (the
+same architecture at random initialisation, every head including fine-tuning and soups but not
+``dr_tune``, whose regulariser needs pre-trained features; present when the encoder has a
+random twin) and
 ``pixels:linear`` (logistic regression on raw pixels pooled to at most 4096 values; present when
 every image has the same shape). Baselines are omitted with ``eval.baselines=false``.
 
-*protocol* (str): ``full``, ``fewshot:K``, ``fraction:F`` or ``loco`` (``eval.protocols``);
-soup rows have ``full`` only.
+*protocol* (str): ``full``, ``fewshot:K``, ``fraction:F``, ``loco`` or
+``incremental:base=C1,C2;shots=K`` (``eval.protocols``; the base classes as given, or
+``base=F`` for the first fraction F of the sorted classes; every head trains on all rows of the
+base classes and K patients per novel class, and the prototype head calibrates its novel
+prototypes with TEEN); soup rows have ``full`` only.
 
 *entry*, single-label task (all numbers are JSON numbers; ``NaN`` where undefined, e.g. the AUC
 of a single-class held-out center):
@@ -45,6 +51,14 @@ key                        type               meaning
 ``gain_vs_random``         float              full protocol, rows with a ``random:`` twin only:
                                               ``test_auc`` minus the twin's
 ``gain_vs_random_ci95``    [float, float]     its paired bootstrap 95% CI (:mod:`.gains`)
+``test_acc_base``          float              incremental only: accuracy on the test images of
+                                              base classes (predicted among all classes);
+                                              ``test_acc_base_std``
+``test_acc_novel``         float              incremental only: the same on novel classes;
+                                              ``test_acc_novel_std``
+``test_acc_hm``            float              incremental only: harmonic mean ``2 b n / (b + n)``
+                                              of the two, per repetition, then averaged;
+                                              ``test_acc_hm_std``
 =========================  =================  ===================================================
 
 Soup rows (one set of members, not repeated) hold the same keys without the ``_std`` ones, with

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 
@@ -22,9 +23,46 @@ log = logging.getLogger(__name__)
 Predict = Callable[[Fold, int], tuple[np.ndarray, np.ndarray]]
 
 
+def harmonic_mean(a: float, b: float) -> float:
+    """``2ab / (a + b)``, the harmonic mean of two accuracies (0 when both are 0; NaN when either
+    is NaN), as few-shot class-incremental papers (e.g. TEEN, Wang et al., NeurIPS 2023) report
+    base and novel accuracy together."""
+    if not (np.isfinite(a) and np.isfinite(b)):
+        return float("nan")
+    return 0.0 if a + b == 0 else float(2 * a * b / (a + b))
+
+
+def base_novel_accuracy(y_true, y_pred, base_classes) -> dict[str, float]:
+    """``test_acc_base``, ``test_acc_novel`` and ``test_acc_hm`` of ``(n,)`` true and predicted
+    labels: accuracy on the images of base classes and of novel classes (each predicted among
+    all classes), and their :func:`harmonic_mean` (NaN for a group with no test image)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    is_base = np.isin(y_true, np.asarray(base_classes))
+
+    def acc(mask: np.ndarray) -> float:
+        return float(np.mean(y_pred[mask] == y_true[mask])) if mask.any() else float("nan")
+
+    base, novel = acc(is_base), acc(~is_base)
+    return {
+        "test_acc_base": base,
+        "test_acc_novel": novel,
+        "test_acc_hm": harmonic_mean(base, novel),
+    }
+
+
 def score_fold(task: EvalTask, fold: Fold, proba: np.ndarray, classes, n_boot: int) -> dict:
     """Test metrics of one fold: the full classification report, or per-label AUCs. A loco fold
-    whose held-out center has a single class gets NaN AUCs (with a warning) and its accuracy."""
+    whose held-out center has a single class gets NaN AUCs (with a warning) and its accuracy.
+    An incremental fold adds base, novel and harmonic-mean accuracy
+    (:func:`base_novel_accuracy`)."""
+    report = _score_fold(task, fold, proba, classes, n_boot)
+    if fold.base_classes is not None and not task.multilabel:
+        predicted = np.asarray(classes)[np.argmax(proba, axis=1)]
+        report.update(base_novel_accuracy(task.labels[fold.test], predicted, fold.base_classes))
+    return report
+
+
+def _score_fold(task: EvalTask, fold: Fold, proba: np.ndarray, classes, n_boot: int) -> dict:
     if task.multilabel:
         result = multilabel_auc(task.labels[fold.test], proba)
         return {"test_auc": result["mean"], "per_label_auc": result["per_label"]}
@@ -60,7 +98,9 @@ def fit_predict(name: str, X: np.ndarray, task: EvalTask, fold: Fold, cfg: DictC
     """Fit a feature head on the fold's train rows (val for its hyper-parameter); test proba.
 
     A multi-label task fits one binary head per label; a label the fold never (or always) saw
-    is scored by its training prevalence."""
+    is scored by its training prevalence. An incremental fold's base classes reach the heads
+    whose ``fit`` takes ``base_classes`` (the prototype head: TEEN calibration of the novel
+    prototypes); the other heads fit the same rows as they are."""
 
     def one(y: np.ndarray):
         head = build_head(name, cfg.eval, seed)
@@ -68,7 +108,19 @@ def fit_predict(name: str, X: np.ndarray, task: EvalTask, fold: Fold, cfg: DictC
         if len(np.unique(y_tr)) < 2:
             raise ValueError(f"{name}: the training rows of this protocol hold a single class")
         has_val = len(np.unique(y_va)) > 1
-        head.fit(X[fold.train], y_tr, X[fold.val] if has_val else None, y_va if has_val else None)
+        extra = {}
+        if (
+            fold.base_classes is not None
+            and "base_classes" in inspect.signature(head.fit).parameters
+        ):
+            extra["base_classes"] = fold.base_classes
+        head.fit(
+            X[fold.train],
+            y_tr,
+            X[fold.val] if has_val else None,
+            y_va if has_val else None,
+            **extra,
+        )
         return head.predict_proba(X[fold.test]), head.classes_
 
     if not task.multilabel:

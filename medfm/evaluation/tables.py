@@ -149,16 +149,34 @@ def _per_center_section(metrics: Mapping[str, Mapping], rows: Sequence[str]) -> 
     return lines
 
 
+def _incremental_section(metrics: Mapping[str, Mapping], rows: Sequence[str]) -> list[str]:
+    """The "Class-incremental" section: base, novel and harmonic-mean test accuracy of every
+    incremental protocol entry; empty when there is none."""
+    keys = ("test_acc_base", "test_acc_novel", "test_acc_hm")
+    body = [
+        [_cell_text(row), _cell_text(protocol)]
+        + [_fmt(metrics[row][protocol].get(k)) for k in keys]
+        for row, protocol in _protocols(metrics, rows)
+        if "test_acc_hm" in metrics[row][protocol]
+    ]
+    if not body:
+        return []
+    header = ("Head", "Protocol", "Base acc", "Novel acc", "Harmonic mean")
+    return ["", "## Class-incremental (test accuracy)", "", *_table(header, body)]
+
+
 def metrics_markdown(metrics: Mapping[str, Mapping], title: str = "Downstream evaluation") -> str:
     """The evaluation report as Markdown: a summary table, then per-center tables if any.
 
     Summary columns: Head | Protocol | AUC (mean ± std) | 95% CI | Acc | Bal. acc | F1 | ECE |
     Seeds, from the keys test_auc, test_auc_std, test_auc_ci95, test_acc, test_bacc, test_f1,
     test_ece and n_seeds. Values have 3 decimals, missing ones read "–" and NaN reads "n/a".
-    Rows with a ``gain_vs_random`` get a section of their gains over the random-init twin.
+    Rows with a ``gain_vs_random`` get a section of their gains over the random-init twin;
+    incremental protocol entries a section of their base, novel and harmonic-mean accuracy.
     """
     rows = ordered_rows(metrics)
     lines = [f"# {title}", "", *_main_table(metrics, rows), *gains_markdown(metrics)]
+    lines += _incremental_section(metrics, rows)
     lines += _per_center_section(metrics, rows)
     return "\n".join(lines) + "\n"
 

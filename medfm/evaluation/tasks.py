@@ -40,6 +40,7 @@ class Fold:
     val: np.ndarray
     test: np.ndarray
     held_out: str = ""  # the left-out center of a loco fold
+    base_classes: np.ndarray | None = None  # incremental: the base classes (others are novel)
 
 
 @dataclasses.dataclass
@@ -98,7 +99,9 @@ class EvalTask:
         return np.flatnonzero(keep if mask is None else keep & mask)
 
     def folds(self, protocol: Protocol, seed: int) -> list[Fold]:
-        """One fold (full, fewshot, fraction), or one per held-out center (loco)."""
+        """One fold (full, fewshot, fraction, incremental), or one per held-out center
+        (loco). An incremental fold keeps every training row of its base classes and K
+        patients per novel class, and names its base classes."""
         if protocol.kind == "loco":
             return [
                 Fold(
@@ -110,12 +113,13 @@ class EvalTask:
                 for center, mine in loco_folds(self.center)
             ]
         train = self._rows("train")
-        if self.multilabel and protocol.kind == "fewshot":
-            raise ValueError("fewshot protocols need single-label classes; use fraction:F")
+        if self.multilabel and protocol.kind in ("fewshot", "incremental"):
+            raise ValueError(f"{protocol.kind} protocols need single-label classes; use fraction:F")
         labels = self.labels[train] if not self.multilabel else self.labels[train][:, 0]
         patients = self.patient[train] if (self.patient[train] != "").all() else None
-        keep = train_subset(labels, protocol, seed, patients)
-        return [Fold(train[keep], self._rows("val"), self._rows("test"))]
+        base = protocol.base_classes(self.classes) if protocol.kind == "incremental" else None
+        keep = train_subset(labels, protocol, seed, patients, base)
+        return [Fold(train[keep], self._rows("val"), self._rows("test"), base_classes=base)]
 
     def groups(self, idx: np.ndarray) -> np.ndarray | None:
         """Patients of ``idx`` when every row has one and some repeat (bootstrap units)."""

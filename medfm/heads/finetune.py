@@ -3,7 +3,7 @@
 A :class:`FineTuneClassifier` (encoder + a zero-initialised linear layer on the pooled features)
 is an *objective* for :func:`medfm.train.engine.train`: it maps a batch to a cross-entropy loss.
 So fine-tuning gets the engine's AdamW (no decay on norms and biases), warmup + cosine schedule,
-gradient clipping, atomic checkpoints and exact resume for free. Two things are specific:
+gradient clipping, atomic checkpoints and exact resume for free. Three things are specific:
 
 * **Layer-wise LR decay** (BEiT, Bao et al. 2022; used by MAE's fine-tuning recipe): block ``i``
   of ``L`` learns at ``lr * decay ** (L + 1 - i)``, the patch embedding at ``decay ** (L + 1)``,
@@ -11,6 +11,11 @@ gradient clipping, atomic checkpoints and exact resume for free. Two things are 
 * **Early stopping on validation AUC**: the engine's monitor computes it every
   ``finetune.eval_every`` steps, keeps the best weights and stops after ``finetune.patience``
   evaluations without improvement; :func:`fine_tune` returns those best weights.
+* **A regulariser** (``finetune.regularizer``): ``none``, or ``dr_tune``
+  (:mod:`medfm.heads.dr_tune`, Zhou et al., ICCV 2023): the classifier also learns from the
+  calibrated features of a frozen copy of the pre-trained encoder, weighted by
+  ``finetune.dr_tune_weight``. Its queues are buffers of the classifier, so the engine's
+  checkpoints and exact resume cover them; the frozen copy is neither trained nor saved.
 
 The classifier is zero-initialised so that every fine-tuned member starts from the same weights,
 which model soups (:mod:`medfm.heads.soups`) need.
@@ -34,6 +39,7 @@ from torch import nn
 from medfm.config import load_config
 from medfm.data.datasets import stack_images
 from medfm.data.loader import in_memory_batches
+from medfm.heads.dr_tune import DRTune
 from medfm.metrics.scores import auc
 from medfm.models.backbones import encode
 from medfm.ssl.views import random_resized_crop
@@ -43,6 +49,7 @@ from medfm.train.engine import train
 
 _BLOCK = re.compile(r"^encoder\.blocks\.(\d+)\.")
 _EMBED = ("encoder.patch_embed", "encoder.cls_token", "encoder.pos_embed", "encoder.reg_token")
+REGULARIZERS = ("none", "dr_tune")
 
 
 class FineTuneClassifier(nn.Module):
@@ -56,6 +63,13 @@ class FineTuneClassifier(nn.Module):
             norm and classifier); ``None`` fine-tunes everything.
         layer_decay: the layer-wise LR decay factor (1.0: none).
         augment: random resized crop (area 0.6-1) and horizontal flip of training batches.
+        regularizer: ``"none"`` or ``"dr_tune"`` (a frozen copy of ``encoder`` as it is now
+            regularises the classifier, :class:`~medfm.heads.dr_tune.DRTune`).
+        dr_tune_weight: weight of DR-Tune's term on the calibrated pre-trained features.
+        dr_tune_queue: images kept in DR-Tune's feature queues.
+        dr_tune_rotate: DR-Tune's global alignment includes the Procrustes rotation.
+
+    ``forward`` returns ``{"loss"}``; with DR-Tune also ``{"ce", "dr"}``, the two terms.
     """
 
     def __init__(
@@ -66,8 +80,16 @@ class FineTuneClassifier(nn.Module):
         train_blocks: int | None = None,
         layer_decay: float = 0.75,
         augment: bool = True,
+        regularizer: str = "none",
+        dr_tune_weight: float = 1.0,
+        dr_tune_queue: int = 1024,
+        dr_tune_rotate: bool = True,
     ) -> None:
         super().__init__()
+        if regularizer not in REGULARIZERS:
+            raise ValueError(
+                f"finetune.regularizer={regularizer!r}: choose one of {', '.join(REGULARIZERS)}"
+            )
         self.encoder, self.pooling = encoder, pooling
         self.layer_decay, self.augment = float(layer_decay), augment
         self.depth = len(getattr(encoder, "blocks", []))
@@ -75,6 +97,12 @@ class FineTuneClassifier(nn.Module):
         self.head = nn.Linear(dim, n_classes)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        self.dr_tune_weight = float(dr_tune_weight)
+        self.dr_tune = (  # copied before any freezing or step: the pre-trained weights
+            DRTune(encoder, n_classes, pooling, int(dr_tune_queue), bool(dr_tune_rotate))
+            if regularizer == "dr_tune"
+            else None
+        )
         if train_blocks is not None:
             self._freeze_all_but_last(int(train_blocks))
 
@@ -101,11 +129,18 @@ class FineTuneClassifier(nn.Module):
         return self.head(encode(self.encoder, images, self.pooling))
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        """``{"image": (B, C, [D,] H, W), "target": (B,)}`` -> ``{"loss": 0-dim cross-entropy}``."""
-        images = batch["image"]
+        """``{"image": (B, C, [D,] H, W), "target": (B,)}`` -> ``{"loss": 0-dim cross-entropy}``
+        (with DR-Tune: ``ce + dr_tune_weight * dr``, both terms returned too)."""
+        images, target = batch["image"], batch["target"]
         if self.training and self.augment:
             images = random_resized_crop(images, tuple(images.shape[2:]), scale=(0.6, 1.0))
-        return {"loss": F.cross_entropy(self.logits(images), batch["target"])}
+        features = encode(self.encoder, images, self.pooling)
+        ce = F.cross_entropy(self.head(features), target)
+        if self.dr_tune is None or not self.training:
+            return {"loss": ce}
+        pre = self.dr_tune.pretrained_features(images)  # the same augmented images
+        dr = self.dr_tune.regularizer(self.head, features, pre, target)
+        return {"loss": ce + self.dr_tune_weight * dr, "ce": ce.detach(), "dr": dr.detach()}
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
@@ -225,6 +260,10 @@ def _classifier(
         None if ft_cfg.train_blocks is None else int(ft_cfg.train_blocks),
         float(ft_cfg.layer_decay),
         bool(ft_cfg.augment),
+        str(ft_cfg.get("regularizer", "none")),
+        float(ft_cfg.get("dr_tune_weight", 1.0)),
+        int(ft_cfg.get("dr_tune_queue", 1024)),
+        bool(ft_cfg.get("dr_tune_rotate", True)),
     )
 
 

@@ -26,8 +26,11 @@ def teen_calibrate(
     """TEEN's training-free calibration of novel-class prototypes (Wang et al., NeurIPS 2023).
 
     For each novel prototype ``p_n``: ``p'_n = alpha p_n + (1 - alpha) sum_b w_nb p_b`` with
-    ``w_n = softmax_b(tau cos(p_n, p_b))`` over the base prototypes ``p_b``. Base prototypes are
-    returned unchanged.
+    ``w_n = softmax_b(tau cos(p_n, p_b))`` over the base prototypes ``p_b``, the paper's formula.
+    Base prototypes are returned unchanged. The authors' code (github.com/wangkiw/TEEN,
+    ``soft_calibration``) L2-normalises the shift ``sum_b w_nb p_b`` before mixing and names
+    ``1 - alpha`` ``shift_weight`` (0.1 on CIFAR-100, ``softmax_t`` = tau = 16); here the shift
+    is mixed as it is, so at equal ``alpha`` it pulls a little less than theirs.
 
     Args:
         prototypes: ``(n_classes, d)`` unit-length prototypes.

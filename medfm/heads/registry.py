@@ -3,8 +3,9 @@
 Each entry says what the head trains on. *Feature* heads (``linear``, ``knn``, ``gda``,
 ``prototype``, ``mlp``) are scikit-learn estimators fitted on cached features, ``fit(X, y,
 X_val=None, y_val=None)``; ``build_head`` makes a fresh one. *Image* heads (``finetune``,
-``soup``) fine-tune the encoder itself (:mod:`medfm.heads.finetune`, :mod:`medfm.heads.soups`)
-and are run by :mod:`medfm.evaluation.images`. ``stochastic`` heads change with the seed, so
+``soup``, ``dr_tune``) fine-tune the encoder itself (:mod:`medfm.heads.finetune`,
+:mod:`medfm.heads.soups`, :mod:`medfm.heads.dr_tune`) and are run by
+:mod:`medfm.evaluation.images`. ``stochastic`` heads change with the seed, so
 ``medfm evaluate`` repeats them over ``eval.seeds`` even under the deterministic protocols.
 
 Example:
@@ -110,6 +111,14 @@ HEADS.register("finetune")(
 )
 HEADS.register("soup")(
     HeadEntry("images", stochastic=True, summary="uniform and greedy model soups of finetune")
+)
+HEADS.register("dr_tune")(
+    HeadEntry(
+        "images",
+        stochastic=True,
+        summary="fine-tuning regularised by the frozen pre-trained features (DR-Tune, "
+        "finetune.dr_tune_*)",
+    )
 )
 
 

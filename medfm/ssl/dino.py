@@ -22,7 +22,6 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from medfm.models.backbones import encode
 from medfm.models.pos_embed import sincos_2d, sincos_3d
 from medfm.models.vit3d import ViT3D
 from medfm.ssl.ema import EMATeacher, cosine_momentum
@@ -63,32 +62,61 @@ def _vit3d_pos_embed(encoder: ViT3D, grid: tuple[int, ...]) -> torch.Tensor:
     return table.flatten(2).transpose(1, 2)
 
 
-def _encode_vit3d_any_size(encoder: ViT3D, images: torch.Tensor, pooling: str) -> torch.Tensor:
-    """:func:`encode_any_size` for a :class:`~medfm.models.vit3d.ViT3D` (volumes, or 2D images
+def _with_masks(
+    x: torch.Tensor, masks: torch.Tensor | None, mask_token: torch.Tensor | None
+) -> torch.Tensor:
+    """Patch embeddings ``(B, N, D)`` with the rows where ``masks`` ``(B, N)`` is True replaced by
+    ``mask_token`` ``(D,)`` or ``(1, D)`` (iBOT / DINOv2, before the position embedding)."""
+    if masks is None:
+        return x
+    if mask_token is None:
+        raise ValueError("masks need a mask_token")
+    if masks.shape != x.shape[:2]:
+        raise ValueError(f"masks {tuple(masks.shape)} do not match the tokens {tuple(x.shape[:2])}")
+    return torch.where(masks.unsqueeze(-1), mask_token.reshape(1, 1, -1).to(x.dtype), x)
+
+
+def _vit3d_tokens_any_size(
+    encoder: ViT3D,
+    images: torch.Tensor,
+    masks: torch.Tensor | None = None,
+    mask_token: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`tokens_any_size` for a :class:`~medfm.models.vit3d.ViT3D` (volumes, or 2D images
     for a unified one) at any size divisible by the patch size."""
     embed, dims = encoder.patch_embed, images.ndim - 2
     native = embed.img_size if dims == 3 else embed.img_size[1:]
     size = tuple(images.shape[2:])
     if dims not in (2, 3) or (dims == 2 and embed.proj_2d is None) or size == tuple(native):
-        return encode(encoder, images, pooling)  # native size, or the encoder's own error
-    p = embed.patch_size[0]
-    if any(s % p for s in size):
-        raise ValueError(f"crop size {size} is not divisible by the patch size {p}")
-    y = (embed.proj if dims == 3 else embed.proj_2d)(images)  # (B, D, *grid)
-    grid = tuple(y.shape[2:])
-    x = y.flatten(2).transpose(1, 2) + _vit3d_pos_embed(encoder, grid)  # (B, N', D)
+        if masks is None:  # native size, or the encoder's own error
+            return encoder.forward_features(images)
+        x, grid = embed(images)  # (B, N, D)
+        pos = encoder.pos_embed_for(len(grid))[:, encoder.num_prefix_tokens :]
+    else:
+        p = embed.patch_size[0]
+        if any(s % p for s in size):
+            raise ValueError(f"crop size {size} is not divisible by the patch size {p}")
+        y = (embed.proj if dims == 3 else embed.proj_2d)(images)  # (B, D, *grid)
+        grid = tuple(y.shape[2:])
+        x, pos = y.flatten(2).transpose(1, 2), _vit3d_pos_embed(encoder, grid)  # (B, N', D)
+    x = _with_masks(x, masks, mask_token) + pos
     if encoder.cls_token is not None:
         cls = encoder.cls_token + encoder.pos_embed_for(dims)[:, :1]
         x = torch.cat([cls.expand(len(x), -1, -1), x], dim=1)
-    x = encoder.norm(encoder.blocks(encoder.norm_pre(x)))  # (B, prefix + N', D)
-    return _pool(encoder, x, pooling)
+    return encoder.norm(encoder.blocks(encoder.norm_pre(x)))  # (B, prefix + N', D)
 
 
-def encode_any_size(encoder: Encoder, images: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
-    """:func:`medfm.models.backbones.encode` for images of any size divisible by the patch size.
+def tokens_any_size(
+    encoder: Encoder,
+    images: torch.Tensor,
+    masks: torch.Tensor | None = None,
+    mask_token: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The encoder's normed tokens ``(B, prefix + N', D)`` for images of any size divisible by the
+    patch size; ``forward_features`` at the encoder's own size without masks.
 
-    At the encoder's own size this *is* ``encode``; at another (DINO's local crops) the
-    position embedding is adapted to the new patch grid without changing the encoder:
+    At another size (DINO's local crops) the position embedding is adapted to the new patch grid
+    without changing the encoder:
 
     - a timm ViT's absolute embedding is resampled (bicubic, as DINO's
       ``interpolate_pos_encoding``);
@@ -97,17 +125,22 @@ def encode_any_size(encoder: Encoder, images: torch.Tensor, pooling: str = "mean
       :func:`~medfm.models.pos_embed.sincos_3d` (``sincos_2d`` in 2D): exact, and simpler than
       interpolating it. Only a table that is not sin-cos (learned weights loaded from MONAI) is
       interpolated, trilinearly.
+
+    ``masks`` ``(B, N')`` (True = masked) replace those patch embeddings by ``mask_token`` before
+    the position embedding is added, as iBOT and DINOv2 do (:class:`~medfm.ssl.dinov2.DINOv2`).
     """
     if isinstance(encoder, ViT3D):
-        return _encode_vit3d_any_size(encoder, images, pooling)
+        return _vit3d_tokens_any_size(encoder, images, masks, mask_token)
     size = tuple(images.shape[-2:])
-    if size == tuple(encoder.patch_embed.img_size):
-        return encode(encoder, images, pooling)
+    native = size == tuple(encoder.patch_embed.img_size)
+    if native and masks is None:
+        return encoder.forward_features(images)
     patch = encoder.patch_embed.patch_size
     if size[0] % patch[0] or size[1] % patch[1]:
         raise ValueError(f"crop size {size} is not divisible by the patch size {patch}")
     embed = encoder.patch_embed
     x = embed.norm(embed.proj(images).flatten(2).transpose(1, 2))  # (B, N', D)
+    x = _with_masks(x, masks, mask_token)
     prefix = 0 if encoder.no_embed_class else encoder.num_prefix_tokens
     pos = resample_abs_pos_embed(
         encoder.pos_embed,
@@ -123,8 +156,13 @@ def encode_any_size(encoder: Encoder, images: torch.Tensor, pooling: str = "mean
     else:
         x = torch.cat([*tokens, x], dim=1) + pos
     x = encoder.norm_pre(encoder.patch_drop(encoder.pos_drop(x)))
-    x = encoder.norm(encoder.blocks(x))  # (B, prefix + N', D)
-    return _pool(encoder, x, pooling)
+    return encoder.norm(encoder.blocks(x))  # (B, prefix + N', D)
+
+
+def encode_any_size(encoder: Encoder, images: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """:func:`medfm.models.backbones.encode` for images of any size divisible by the patch size:
+    :func:`tokens_any_size` pooled (at the encoder's own size this *is* ``encode``)."""
+    return _pool(encoder, tokens_any_size(encoder, images), pooling)
 
 
 class DINONetwork(nn.Module):

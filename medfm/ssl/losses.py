@@ -4,7 +4,8 @@
   Framework for Contrastive Learning of Visual Representations").
 - :func:`metadata_weighted_info_nce`: y-aware InfoNCE (Dufumier et al. 2021, "Contrastive
   Learning with Continuous Proxy Meta-Data for 3D MRI Classification"; used again in AnatCL):
-  positives weighted by a Gaussian kernel on continuous metadata such as age.
+  positives weighted by a Gaussian kernel on continuous metadata such as age;
+  :func:`kernel_weighted_info_nce`: the same with any kernel between samples (AnatCL).
 - :func:`dino_loss` / :class:`DINOLoss`: self-distillation cross-entropy of DINO (Caron et al.
   2021, "Emerging Properties in Self-Supervised Vision Transformers").
 
@@ -125,15 +126,49 @@ def metadata_weighted_info_nce(
         raise ValueError(f"sigma must be > 0, got {sigma}")
     if meta.numel() != z1.shape[0]:
         raise ValueError(f"meta must have shape (B,) = ({z1.shape[0]},), got {tuple(meta.shape)}")
-    logits, _ = _similarity_logits(z1, z2, temperature, gather_distributed)
-    y = meta.reshape(-1).to(logits)  # (b,)
+    y = meta.reshape(-1).to(z1)  # (b,)
     y_keys = G.gather_no_grad(y) if gather_distributed else y  # (B,)
-    y, y_keys = y.repeat(2), y_keys.repeat(2)  # (2b,), (2B,)
-    weights = torch.exp(-((y[:, None] - y_keys[None, :]) ** 2) / (2 * sigma**2))
-    weights = weights.masked_fill(torch.isinf(logits), 0.0)  # the diagonal
-    weights = weights / weights.sum(dim=1, keepdim=True)
-    log_prob = F.log_softmax(logits, dim=1).masked_fill(torch.isinf(logits), 0.0)
-    return -(weights * log_prob).sum(dim=1).mean()
+    kernel = torch.exp(-((y[:, None] - y_keys[None, :]) ** 2) / (2 * sigma**2))  # (b, B)
+    return kernel_weighted_info_nce(z1, z2, kernel, temperature, gather_distributed)
+
+
+def kernel_weighted_info_nce(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    kernel: torch.Tensor,
+    temperature: float = 0.2,
+    gather_distributed: bool = False,
+) -> torch.Tensor:
+    """InfoNCE whose positives are weighted by any kernel between samples: the weighted
+    cross-entropy of :func:`metadata_weighted_info_nce` with ``kernel[i, j]`` in place of its
+    Gaussian on one metadata value (AnatCL's kernels, :mod:`medfm.ssl.anatcl`).
+
+    Anchor ``a`` (either view of sample ``i``) weighs every other embedding ``k`` (either view of
+    sample ``j``) by ``kernel[i, j]``, normalised over ``k != a``; the other view of ``i`` gets
+    ``kernel[i, i]`` (1 for a Gaussian kernel)::
+
+        loss = mean over a of  -sum_{k != a} w[a, k] * log softmax_{k != a}(s[a, k] / t)
+
+    Args:
+        z1, z2: ``(b, D)`` embeddings of two views.
+        kernel: ``(b, B)`` non-negative weights of this rank's ``b`` samples (rows) against the
+            ``B`` samples of the global batch (columns in rank order, as the gathered keys; ``B =
+            b`` in one process), or ``(K, b, B)``: ``K`` kernels, the loss the mean of the ``K``
+            losses (the similarities computed once). Each row needs a positive weight off itself.
+        temperature, gather_distributed: as :func:`info_nce`.
+    Returns:
+        0-dim loss.
+    """
+    logits, _ = _similarity_logits(z1, z2, temperature, gather_distributed)  # (2b, 2B)
+    kernels = kernel if kernel.ndim == 3 else kernel.unsqueeze(0)
+    b, n = len(z1), logits.shape[1] // 2
+    if kernels.ndim != 3 or kernels.shape[1:] != (b, n):
+        raise ValueError(f"kernel must be ({b}, {n}) or (K, {b}, {n}), got {tuple(kernel.shape)}")
+    own = torch.isinf(logits)  # each anchor's own column
+    weights = kernels.to(logits).repeat(1, 2, 2).masked_fill(own, 0.0)  # (K, 2b, 2B)
+    weights = weights / weights.sum(dim=2, keepdim=True)
+    log_prob = F.log_softmax(logits, dim=1).masked_fill(own, 0.0)
+    return -(weights * log_prob).sum(dim=2).mean()
 
 
 def dino_loss(

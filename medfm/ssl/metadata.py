@@ -1,6 +1,7 @@
 """Contrastive learning with continuous metadata (Dufumier et al. 2021, "Contrastive Learning
-with Continuous Proxy Meta-Data for 3D MRI Classification"; also AnatCL): SimCLR whose positives
-are weighted by how close two samples' metadata (e.g. age) are."""
+with Continuous Proxy Meta-Data for 3D MRI Classification"): SimCLR whose positives are weighted
+by how close two samples' metadata (e.g. age) are. Several descriptors at once (AnatCL):
+:mod:`medfm.ssl.anatcl`."""
 
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ Every objective maps ``{"image": (B, C, H, W) in [0, 1], ...}`` to a dict with `
 detached 0-dim terms. Every one works with a 2D timm ViT (``model.name=vit_*``) on images and with
 a medfm :class:`~medfm.models.vit3d.ViT3D` on volumes ``(B, C, D, H, W)`` (``vit3d_*``), or on
 both volumes and 2D images (``unified_*``); the contrastive ones make their views in 3D for
-volumes (:mod:`medfm.ssl.views`). Those with an EMA teacher (``dino``) also have
-``on_step_end()``, which the training loop calls after each optimiser step.
+volumes (:mod:`medfm.ssl.views`). Those with an EMA teacher (``dino``, ``dinov2``) or target
+(``cae``) also have ``on_step_end()``, which the training loop calls after each optimiser step.
 
 Example:
     >>> from medfm.config import load_config
@@ -27,11 +27,15 @@ from torch import nn
 from medfm.config import ConfigError
 from medfm.models.vit3d import ViT3D
 from medfm.registry import Registry
+from medfm.ssl.anatcl import AnatCL, anatcl_kwargs
+from medfm.ssl.cae import CAE, cae_kwargs
 from medfm.ssl.dino import DINO
+from medfm.ssl.dinov2 import DINOv2
 from medfm.ssl.hybrid import Hybrid
 from medfm.ssl.mae import MAE, mae_kwargs
 from medfm.ssl.metadata import MetadataContrastive
 from medfm.ssl.simclr import SimCLR
+from medfm.ssl.sit import SiT
 from medfm.ssl.views import MultiCrop, TwoViews
 
 Encoder = VisionTransformer | ViT3D
@@ -60,6 +64,10 @@ def _augment_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "noise_prob": float(cfg["noise_prob"]),
         "random_field_strength": float(cfg["random_field_strength"]),
         "random_field_length_scale": float(cfg["random_field_length_scale"]),
+        "random_field_affine_strength": float(cfg.get("random_field_affine_strength", 0.0)),
+        "random_field_affine_length_scale": float(
+            cfg.get("random_field_affine_length_scale", 16.0)
+        ),
     }
 
 
@@ -123,6 +131,43 @@ def _dino(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
     )
 
 
+@OBJECTIVES.register("dinov2")
+def _dinov2(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
+    steps = cfg["ema_schedule_steps"]
+    ratio = cfg["ibot_mask_ratio"]
+    if len(ratio) != 2 or not 0 <= float(ratio[0]) <= float(ratio[1]) < 1:
+        raise ConfigError(
+            f"ssl.ibot_mask_ratio={list(ratio)} must be [low, high] with 0 <= low <= high < 1"
+        )
+    return DINOv2(
+        encoder,
+        out_dim=int(cfg["dino_out_dim"]),
+        n_local=int(cfg["n_local_crops"]),
+        teacher_temp=float(cfg["teacher_temp"]),
+        student_temp=float(cfg["student_temp"]),
+        center_momentum=float(cfg["center_momentum"]),
+        momentum=float(cfg["ema_momentum"]),
+        views=_multi_crop(encoder, cfg),
+        momentum_final=float(cfg["ema_momentum_end"]),
+        momentum_steps=int(steps) if steps else None,
+        hidden_dim=int(cfg["dino_hidden_dim"]),
+        bottleneck_dim=int(cfg["dino_bottleneck_dim"]),
+        pooling=pooling,
+        ibot_weight=float(cfg["ibot_weight"]),
+        koleo_weight=float(cfg["koleo_weight"]),
+        mask_prob=float(cfg["ibot_mask_prob"]),
+        mask_ratio=(float(ratio[0]), float(ratio[1])),
+        separate_head=bool(cfg["ibot_separate_head"]),
+        centering=str(cfg["dinov2_centering"]),
+        sinkhorn_iterations=int(cfg["sinkhorn_iterations"]),
+    )
+
+
+@OBJECTIVES.register("cae")
+def _cae(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
+    return CAE(encoder, **cae_kwargs(cfg))
+
+
 @OBJECTIVES.register("hybrid")
 def _hybrid(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
     return Hybrid(
@@ -152,6 +197,41 @@ def _metadata(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Modu
         hidden_dim=int(cfg["proj_hidden_dim"]),
         pooling=pooling,
     )
+
+
+@OBJECTIVES.register("anatcl")
+def _anatcl(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
+    return AnatCL(
+        encoder,
+        **anatcl_kwargs(cfg),
+        proj_dim=int(cfg["proj_dim"]),
+        temperature=float(cfg["temperature"]),
+        views=_two_views(encoder, cfg),
+        hidden_dim=int(cfg["proj_hidden_dim"]),
+        pooling=pooling,
+    )
+
+
+@OBJECTIVES.register("sit")
+def _sit(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
+    try:
+        return SiT(
+            encoder,
+            views=_two_views(encoder, cfg),
+            proj_dim=int(cfg["proj_dim"]),
+            hidden_dim=int(cfg["proj_hidden_dim"]),
+            temperature=float(cfg["temperature"]),
+            pooling=pooling,
+            corrupt_ratio=float(cfg["sit_corrupt_ratio"]),
+            max_group=float(cfg["sit_max_group"]),
+            corrupt_probs=[float(p) for p in cfg["sit_corrupt_probs"]],
+            weighting=str(cfg["sit_weighting"]),
+            weights=[float(w) for w in cfg["sit_weights"]],
+            corrupted_weight=float(cfg["sit_corrupted_weight"]),
+        )
+    except ValueError as err:  # each message starts with the setting's name
+        prefix = "model." if str(err).startswith("pooling") else "ssl.sit_"
+        raise ConfigError(f"{prefix}{err}") from None
 
 
 def build_objective(

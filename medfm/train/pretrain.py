@@ -27,6 +27,7 @@ from medfm.data.transforms.preprocess import resolve_preprocess
 from medfm.models.backbones import create_backbone
 from medfm.models.encoder_io import save_encoder
 from medfm.ssl import build_objective
+from medfm.ssl.anatcl import meta_keys_of, standardize_columns
 from medfm.tracking.base import Logger, NullLogger, continue_run
 from medfm.train import distributed as D
 from medfm.train.checkpoint import CHECKPOINT, checkpoint_tracking
@@ -114,18 +115,33 @@ def _train_rows(rows: list[dict], cfg: DictConfig) -> list[dict]:
     return train_rows
 
 
-def _metadata(rows: list[dict], cfg: DictConfig) -> torch.Tensor | None:
-    """The continuous metadata column (e.g. age) for ``ssl.objective=metadata``, per train row."""
-    if cfg.ssl.objective != "metadata":
-        return None
-    key = str(cfg.ssl.meta_key)
-    try:
-        return torch.tensor([float(r[key]) for r in rows], dtype=torch.float32)
-    except (KeyError, ValueError):
-        raise ConfigError(
-            f"ssl.objective=metadata needs a numeric manifest column {key!r} on "
-            f"every train row; add it or set ssl.meta_key"
-        ) from None
+def _metadata(rows: list[dict], cfg: DictConfig) -> dict[str, torch.Tensor]:
+    """The continuous metadata columns per train row, by name: ``ssl.meta_key`` (e.g. age) for
+    ``ssl.objective=metadata``, ``ssl.meta_keys`` for ``anatcl`` (z-scored over the train rows
+    when ``ssl.anatcl_standardize=dataset``); none for the other objectives."""
+    objective = str(cfg.ssl.objective)
+    if objective == "metadata":
+        keys, setting = [str(cfg.ssl.meta_key)], "ssl.meta_key"
+    elif objective == "anatcl":
+        keys, setting = meta_keys_of(cfg.ssl), "ssl.meta_keys"
+    else:
+        return {}
+    columns = {}
+    for key in keys:
+        try:
+            values = torch.tensor([float(r[key]) for r in rows], dtype=torch.float32)
+        except (KeyError, ValueError):
+            values = None
+        if values is None or not torch.isfinite(values).all():
+            raise ConfigError(
+                f"ssl.objective={objective} needs a numeric manifest column {key!r} on "
+                f"every train row; add it (`medfm ingest --labels CSV --label-columns {key}`) or "
+                f"set {setting}"
+            )
+        if objective == "anatcl" and cfg.ssl.anatcl_standardize == "dataset":
+            values = standardize_columns(values[:, None])[:, 0]
+        columns[key] = values
+    return columns
 
 
 def _spatial_dims(shape: str) -> int:
@@ -141,12 +157,14 @@ def dimensionality_groups(rows: list[dict]) -> np.ndarray | None:
     return dims if len(np.unique(dims)) > 1 else None
 
 
-def _batches(rows: list[dict], meta: torch.Tensor | None, cfg: DictConfig, info: D.DistInfo):
+def _batches(rows: list[dict], meta: dict[str, torch.Tensor], cfg: DictConfig, info: D.DistInfo):
     """``batches(start)``: this rank's batch for each step from ``start``, made by a DataLoader
     with ``data.num_workers`` workers over the train rows (random patches when ``data.patch``)."""
     if cfg.data.get("shards"):
-        if meta is not None:
-            raise ConfigError("ssl.objective=metadata reads a manifest column; use data.manifest")
+        if meta:
+            raise ConfigError(
+                f"ssl.objective={cfg.ssl.objective} reads manifest columns; use data.manifest"
+            )
         images = ShardDataset(cfg.data.shards)
     else:
         images = build_dataset(rows, cfg.data, whole_image=False)
@@ -154,7 +172,7 @@ def _batches(rows: list[dict], meta: torch.Tensor | None, cfg: DictConfig, info:
         images,
         patch_size(cfg.data),
         samples_per_volume(cfg.data),
-        {str(cfg.ssl.meta_key): meta} if meta is not None else None,
+        meta or None,
         augment_steps(cfg.data),
     )
     workers = int(cfg.data.get("num_workers") or 0)

@@ -4,6 +4,7 @@ a real ``mlflow server``; encoder resolution (medfm run, random:, timm: with a l
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from medfm.cli.main import main
 from medfm.config import load_config
 from medfm.evaluation.run import evaluate
 from medfm.features.encoders import resolve_encoder
+from medfm.train.checkpoint import load_checkpoint
 from medfm.train.pretrain import pretrain
 
 pytestmark = pytest.mark.slow
@@ -261,3 +263,53 @@ def test_results_are_written_before_anything_is_logged(small, tmp_path):
         evaluate(str(small["encoder"]), small["npz"], cfg, out, FailingLogger(), progress=False)
     written = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= written["linear"]["full"]["test_auc"] <= 1.0
+
+
+def test_dr_tune_is_reported_next_to_finetune_under_the_same_budget(small, tmp_path):
+    cfg = _cfg("eval.heads=[finetune,dr_tune]", "finetune.dr_tune_queue=32")
+    metrics = evaluate(str(small["encoder"]), small["npz"], cfg, tmp_path, progress=False)
+    # no random:dr_tune: DR-Tune regularises toward pre-trained features a twin does not have
+    assert set(metrics) == {"finetune", "random:finetune", "dr_tune"}
+    full = metrics["dr_tune"]["full"]
+    lo, hi = full["test_auc_ci95"]
+    assert 0.0 <= lo <= full["test_auc"] <= hi <= 1.0 and full["n_seeds"] == 1
+    assert "gain_vs_random" not in full and "gain_vs_random" in metrics["finetune"]["full"]
+    runs = {p.name: load_checkpoint(p / "checkpoint.pt") for p in (tmp_path / "finetune").iterdir()}
+    assert len(runs) == 3  # finetune, its random twin, dr_tune: one folder each
+    with_queues = [n for n, s in runs.items() if "dr_tune.pre_queue" in s["model"]]
+    assert len(with_queues) == 1
+    assert {s["step"] for s in runs.values()} == {6}  # the same budget
+    assert "| dr_tune | full |" in (tmp_path / "metrics.md").read_text()
+
+
+def test_plain_fine_tuning_keeps_its_run_folders_whatever_the_dr_tune_keys():
+    """The digest of a run without a regulariser is the one it had before the regulariser's
+    keys existed, so interrupted runs still resume; DR-Tune runs get their own folders."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from medfm.config import DEFAULTS
+    from medfm.evaluation.images import FineTuner
+    from medfm.evaluation.tasks import Fold
+
+    task = SimpleNamespace(classes=np.array(["0", "1"]))
+    fold = Fold(np.arange(4), np.arange(4, 6), np.arange(6, 8))
+
+    def folder(*overrides):
+        runner = FineTuner(SimpleNamespace(key="enc"), None, task, _cfg(*overrides), Path("r"))
+        return runner._folder("fewshot:5", fold, 0)
+
+    old_keys = {
+        k: v
+        for k, v in DEFAULTS["finetune"].items()
+        if k != "regularizer" and not k.startswith("dr_tune_")
+    }
+    old_keys.update(steps=6, eval_every=3, batch_size=16, soup_size=2)
+    parts = ["enc", OmegaConf.to_yaml(OmegaConf.create(old_keys)), str(task.classes)]
+    parts += [fold.train.tobytes().hex(), fold.val.tobytes().hex()]
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+    assert folder() == Path("r") / f"fewshot_5-all-seed0-{digest}"
+    assert folder("finetune.dr_tune_weight=3.0") == folder()
+    assert folder("finetune.regularizer=dr_tune") != folder()

@@ -133,10 +133,20 @@ def test_heads_pass_scikit_learn_estimator_checks(estimator, check):
 
 
 def test_every_head_is_registered_with_what_it_trains_on():
-    assert HEADS.names() == ["finetune", "gda", "knn", "linear", "mlp", "prototype", "soup"]
+    assert HEADS.names() == [
+        "dr_tune",
+        "finetune",
+        "gda",
+        "knn",
+        "linear",
+        "mlp",
+        "prototype",
+        "soup",
+    ]
     assert feature_heads() == ["gda", "knn", "linear", "mlp", "prototype"]
-    assert image_heads() == ["finetune", "soup"]
-    assert [n for n in HEADS.names() if HEADS.get(n).stochastic] == ["finetune", "mlp", "soup"]
+    assert image_heads() == ["dr_tune", "finetune", "soup"]
+    stochastic = [n for n in HEADS.names() if HEADS.get(n).stochastic]
+    assert stochastic == ["dr_tune", "finetune", "mlp", "soup"]
     assert all(HEADS.get(n).summary for n in HEADS.names())
 
 
@@ -155,7 +165,9 @@ def test_build_head_makes_fresh_heads_from_the_eval_config():
 
 def test_unknown_and_image_heads_are_refused_with_the_registered_names():
     cfg = OmegaConf.create({"linear_c_grid": [1.0], "knn_k_grid": [5]})
-    with pytest.raises(ValueError, match=r"unknown head\(s\) \['svm'\]; choose from finetune, gda"):
+    with pytest.raises(
+        ValueError, match=r"unknown head\(s\) \['svm'\]; choose from dr_tune, finetune, gda"
+    ):
         build_head("svm", cfg)
     with pytest.raises(ValueError, match="unknown head"):
         check_heads(["linear", "svm"])

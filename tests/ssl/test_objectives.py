@@ -47,7 +47,7 @@ def test_forward_backward_every_trainable_parameter_gets_a_gradient(name, channe
     assert missing == []
     teacher = [n for n, p in objective.named_parameters() if n.startswith("teacher.")]
     assert all(not p.requires_grad for n, p in objective.named_parameters() if n in teacher)
-    assert bool(teacher) == (name == "dino")
+    assert bool(teacher) == (name in ("dino", "dinov2"))
 
 
 def test_mae_entry_builds_the_mae_its_settings_describe():
@@ -306,7 +306,7 @@ class _StopTrainingError(Exception):
     pass
 
 
-def _train_tiny(name, out_dir, stop_after_batches=None):
+def _train_tiny(name, out_dir, stop_after_batches=None, extra=()):
     from medfm.data.loader import in_memory_batches
     from medfm.train.engine import train
 
@@ -320,6 +320,7 @@ def _train_tiny(name, out_dir, stop_after_batches=None):
             "train.checkpoint_every=2",
             "train.warmup_steps=1",
             "train.progress=false",
+            *extra,
         ],
     )
     torch.manual_seed(0)
@@ -346,13 +347,25 @@ def _train_tiny(name, out_dir, stop_after_batches=None):
     return objective.state_dict()
 
 
-@pytest.mark.parametrize("name", ["dino", "simclr"])
-def test_a_resumed_run_replays_the_views_and_teacher_of_an_uninterrupted_one(name, tmp_path):
-    """Views are drawn from each batch's ``sample_seed``, a function of (seed, step, position),
-    so a resumed run sees the views of the uninterrupted one: resuming is bit-exact."""
-    whole = _train_tiny(name, tmp_path / "whole")
-    cut = _train_tiny(name, tmp_path / "cut", stop_after_batches=3)  # checkpoint at 2, stop in 3
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [
+        ("dino", ()),
+        ("simclr", ()),
+        ("dinov2", ("ssl.ibot_mask_prob=1.0",)),  # centres, teacher, iBOT masks
+        ("dinov2", ("ssl.dinov2_centering=sinkhorn_knopp", "ssl.ibot_separate_head=true")),
+        ("cae", ("ssl.cae_target=ema",)),  # block masks, EMA target
+        ("sit", ("ssl.random_field_affine_strength=0.5",)),  # rotations, groups, donors
+        ("anatcl", ("ssl.anatcl_standardize=batch", "ssl.anatcl_variant=local")),
+    ],
+    ids=["dino", "simclr", "dinov2", "dinov2_sinkhorn", "cae_ema", "sit", "anatcl"],
+)
+def test_a_resumed_run_replays_the_views_and_teacher_of_an_uninterrupted_one(name, extra, tmp_path):
+    """Views (and masks) are drawn from each batch's ``sample_seed``, a function of (seed, step,
+    position), so a resumed run sees the views of the uninterrupted one: resuming is bit-exact."""
+    whole = _train_tiny(name, tmp_path / "whole", extra=extra)
+    cut = _train_tiny(name, tmp_path / "cut", stop_after_batches=3, extra=extra)  # ckpt at 2
     assert not all(torch.equal(whole[k], cut[k]) for k in whole)
-    resumed = _train_tiny(name, tmp_path / "cut")
+    resumed = _train_tiny(name, tmp_path / "cut", extra=extra)
     assert list(whole) == list(resumed)
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)

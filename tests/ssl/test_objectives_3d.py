@@ -45,7 +45,7 @@ def _check_forward_backward(objective, name, images, unused=()):
     assert sorted(missing) == sorted(unused)
     teacher = [p for n, p in objective.named_parameters() if n.startswith("teacher.")]
     assert all(not p.requires_grad for p in teacher)
-    assert bool(teacher) == (name == "dino")
+    assert bool(teacher) == (name in ("dino", "dinov2"))
 
 
 @pytest.mark.parametrize("name", OBJECTIVES.names())
@@ -59,13 +59,13 @@ def test_unified_encoder_trains_on_2d_images(name):
     """A 2D batch trains everything but the 3D patch kernel (the volume path is vit3d's)."""
     torch.manual_seed(0)
     objective = _build(name, model="unified_tiny")
-    volume_only = [  # the 3D patch kernel and MAE's 3D pixel head
+    volume_only = [  # the 3D patch kernel and MAE's (CAE's) 3D pixel head
         n
         for n, p in objective.named_parameters()
         if p.requires_grad
         and re.fullmatch(r"(.*\.)?(encoder\.patch_embed\.proj|decoder_pred)\.(weight|bias)", n)
     ]
-    assert len(volume_only) == (4 if name in ("mae", "hybrid") else 2)
+    assert len(volume_only) == (4 if name in ("mae", "hybrid", "cae", "sit") else 2)
     _check_forward_backward(objective, name, torch.rand(3, 1, 16, 16), unused=volume_only)
 
 

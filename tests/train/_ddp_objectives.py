@@ -26,12 +26,15 @@ from torch import nn
 
 from medfm.config import load_config
 from medfm.ssl import gather as G
+from medfm.ssl.anatcl import AnatCL
 from medfm.ssl.dino import DINO
+from medfm.ssl.dinov2 import DINOv2
 from medfm.ssl.heads import ProjectionHead
 from medfm.ssl.hybrid import Hybrid
 from medfm.ssl.losses import info_nce
 from medfm.ssl.metadata import MetadataContrastive
 from medfm.ssl.simclr import SimCLR
+from medfm.ssl.sit import SiT
 from medfm.ssl.views import call_views
 from medfm.train import distributed as D
 from medfm.train.engine import train
@@ -47,6 +50,21 @@ def encoder() -> VisionTransformer:
 
 def build(name: str) -> nn.Module:
     torch.manual_seed(0)
+    if name.startswith("dinov2"):
+        # DINO's multi-crop + iBOT masks on every global crop + KoLeo over the global batch;
+        # "dinov2_sk": Sinkhorn-Knopp teacher (sums all-reduced) and a separate iBOT head
+        sk = name == "dinov2_sk"
+        return DINOv2(
+            encoder(),
+            out_dim=64,
+            n_local=2,
+            hidden_dim=32,
+            bottleneck_dim=16,
+            mask_prob=1.0,
+            mask_ratio=(0.3, 0.5),
+            separate_head=sk,
+            centering="sinkhorn_knopp" if sk else "centering",
+        )
     if name == "dino":
         # default MultiCrop views: 2 global 16 x 16 crops and 2 local 8 x 8 ones
         return DINO(encoder(), out_dim=64, n_local=2, hidden_dim=32, bottleneck_dim=16)
@@ -55,6 +73,10 @@ def build(name: str) -> nn.Module:
         objective = SimCLR(encoder(), **kwargs)
     elif name == "metadata":
         objective = MetadataContrastive(encoder(), sigma=0.5, **kwargs)
+    elif name == "anatcl":  # descriptors standardised over the (gathered) global batch
+        objective = AnatCL(encoder(), ["meta", "meta2"], "local", 0.7, "batch", **kwargs)
+    elif name == "sit":  # donors of "other image" groups come from the gathered global batch
+        objective = SiT(encoder(), corrupt_probs=(0.3, 0.5, 0.2), **kwargs)
     else:
         objective = Hybrid(encoder(), {"decoder_dim": 16, "decoder_depth": 1}, kwargs)
     objective.projector = ProjectionHead(32, 32, 16, norm="ln")
@@ -66,6 +88,7 @@ def global_batch(step: int) -> dict[str, torch.Tensor]:
     return {
         "image": torch.rand(GLOBAL_BATCH, 1, 16, 16, generator=g),
         "meta": torch.rand(GLOBAL_BATCH, generator=g) * 2,
+        "meta2": torch.rand(GLOBAL_BATCH, generator=g) * 50,
         "sample_seed": torch.randint(0, 2**62, (GLOBAL_BATCH,), generator=g),
     }
 
@@ -146,7 +169,16 @@ def main(out: Path) -> None:
             "tracking.enabled=false",
         ],
     )
-    for name in sys.argv[2:] or ["simclr", "hybrid", "metadata", "dino"]:
+    for name in sys.argv[2:] or [
+        "simclr",
+        "hybrid",
+        "metadata",
+        "dino",
+        "anatcl",
+        "sit",
+        "dinov2",
+        "dinov2_sk",
+    ]:
         dump_grads(name, info, out)
 
         def batches(start: int):

@@ -26,7 +26,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from medfm.data.ingestion.labels import LabelsTable, read_labels
+from medfm.data.ingestion.labels import (
+    LabelColumnError,
+    LabelsTable,
+    kept_value,
+    numeric_columns,
+    read_labels,
+    select_columns,
+)
 from medfm.data.ingestion.manifest import MANIFEST_COLUMNS, write_csv, write_manifest
 from medfm.data.ingestion.pseudonym import pseudonymize, resolve_salt
 from medfm.data.ingestion.rows import (
@@ -135,11 +142,39 @@ def _other_rows(
     return rows, rejected, accepted
 
 
-def _join_labels(rows, table: LabelsTable | None, label_column: str, center: str) -> set:
+def _label_columns(
+    table: LabelsTable | None, requested: Sequence[str], label_column: str, center: str
+) -> dict:
+    """Check the ``requested`` labels columns (:func:`~medfm.data.ingestion.labels.select_columns`)
+    and describe them for report.json: those kept, the notes on them (an age's cap), and the
+    numeric columns available but not kept, by name only."""
+    if requested and table is None:
+        raise LabelColumnError("--label-columns needs a labels file (--labels)")
+    if table is None:
+        return {
+            "labels_columns_kept": [],
+            "labels_columns_notes": {},
+            "labels_columns_not_kept": [],
+        }
+    used = {label_column} | ({center.partition(":")[2]} if center.startswith("column:") else set())
+    notes = select_columns(table, requested, used | set(MANIFEST_COLUMNS))
+    available = numeric_columns(table, used | set(MANIFEST_COLUMNS))
+    return {
+        "labels_columns_kept": list(requested),
+        "labels_columns_notes": notes,
+        "labels_columns_not_kept": [c for c in available if c not in requested],
+    }
+
+
+def _join_labels(
+    rows, table: LabelsTable | None, label_column: str, center: str, extra: Sequence[str] = ()
+) -> set:
     matched = set()
     for row in rows:
         key = row["path"] if table is None or table.key == "path" else row.get(table.key, "")
         label_row = table.rows.get(key) if table else None
+        for column in extra:
+            row[column] = kept_value(column, str((label_row or {}).get(column) or ""))
         if label_row is not None:
             matched.add(key)
             if label_column not in label_row:
@@ -173,6 +208,7 @@ def ingest(
     labels: str | os.PathLike | None = None,
     label_key: str = "path",
     label_column: str = "label",
+    label_columns: Sequence[str] | str = (),
     center: str = "column:center",
     salt: str | None = None,
     fractions: Sequence[float] = (0.6, 0.2, 0.2),
@@ -186,10 +222,22 @@ def ingest(
     ``center`` is ``column:NAME`` (labels file), ``folder:LEVEL`` (0 = first folder under the
     source) or ``dicom:TAG``. ``test_centers`` puts whole centers in the test split. Whole-slide
     images are tiled into ``out_dir/tiles/<slide pseudonym>/`` as set by ``tiles``.
+
+    No other column of the labels file reaches the manifest unless named in ``label_columns``
+    (a list or ``"age,gm_volume"``): those become manifest columns of the same name, after
+    :data:`~medfm.data.ingestion.manifest.MANIFEST_COLUMNS`, an age capped at 90. A requested
+    column with a PHI-like name, non-numeric values or identifier- or date-like values stops the
+    ingest with a :class:`~medfm.data.ingestion.labels.LabelColumnError` naming it and why
+    (:func:`~medfm.data.ingestion.labels.select_columns`). ``report.json`` lists the kept
+    columns, notes on them and the numeric columns that were not asked for (by name only).
     """
     out_dir, tiles = Path(out_dir), tiles or TileOptions()
-    key = resolve_salt(out_dir, salt)
+    if isinstance(label_columns, str):
+        label_columns = label_columns.split(",")
+    extra = list(dict.fromkeys(c.strip() for c in label_columns if c.strip()))
     table = read_labels(labels, label_key) if labels else None
+    columns_report = _label_columns(table, extra, label_column, center)  # before any write
+    key = resolve_salt(out_dir, salt)
     files = scan(sources)
     dicom, other, rejected = _sort_files(files)
     rows, bad, accepted = dicom_rows(dicom, key, center, progress)
@@ -197,7 +245,7 @@ def ingest(
     more, bad, n_other = _other_rows(other, key, center, (out_dir / "tiles", tiles), progress)
     rows, rejected, accepted = rows + more, rejected + bad, accepted + n_other
     rows = [{c: row.get(c, "") for c in MANIFEST_COLUMNS} for row in rows]
-    matched = _join_labels(rows, table, label_column, center)
+    matched = _join_labels(rows, table, label_column, center, extra)
     if rows:
         _split(rows, fractions, seed, test_centers)
     links: dict[str, str] = {}
@@ -207,10 +255,11 @@ def ingest(
         log.warning("Quarantined %s (%s): %s", r["id"], r["suffix"], r["reason"])
     reasons = [q["reason"] for q in quarantined[: len(rejected)]]  # with ids, not file names
     counts = _report(len(files), accepted, rows, reasons, table, matched)
+    counts |= columns_report
     shared = _shareable_rows(rows, out_dir, links)
     write_source_map(out_dir, links)
     return IngestResult(
-        write_manifest(shared, out_dir / "manifest.csv"),
+        write_manifest(shared, out_dir / "manifest.csv", extra),
         write_csv(quarantined, out_dir / "quarantine.csv", QUARANTINE_COLUMNS),
         write_json(counts, out_dir / "report.json"),
         rows,

@@ -44,9 +44,12 @@ def write_csv(
     return Path(path)
 
 
-def write_manifest(rows: Iterable[Mapping[str, object]], path: str | os.PathLike) -> Path:
-    """Write manifest rows with :data:`MANIFEST_COLUMNS`, atomically."""
-    return write_csv(rows, path, MANIFEST_COLUMNS)
+def write_manifest(
+    rows: Iterable[Mapping[str, object]], path: str | os.PathLike, extra: Sequence[str] = ()
+) -> Path:
+    """Write manifest rows with :data:`MANIFEST_COLUMNS` then the ``extra`` columns (numeric
+    columns of the labels file), atomically."""
+    return write_csv(rows, path, [*MANIFEST_COLUMNS, *extra])
 
 
 def read_manifest(path: str | os.PathLike, required: Sequence[str] = ("path",)) -> list[dict]:

@@ -25,9 +25,10 @@ A view ``size`` is an int (a square or a cube), ``(h, w)`` or ``(d, h, w)``; a 2
 
 The recipe follows SimCLR (Chen et al. 2020) and DINO (Caron et al. 2021) with the colour jitter
 replaced by grey-scale friendly intensity changes: brightness (a window-level shift), contrast
-(a window-width scaling around the image mean) and gamma. Optionally a smooth random gain/offset
-field (:class:`medfm.data.transforms.random_fields.RandFieldIntensity`, Mansfield et al. 2023) is
-applied.
+(a window-width scaling around the image mean) and gamma. Optionally a smooth random warp
+(:class:`medfm.data.transforms.random_fields.RandFieldAffine`) and a smooth random gain/offset
+field (:class:`~medfm.data.transforms.random_fields.RandFieldIntensity`) of Mansfield et al. 2023
+are applied.
 
 The parts: :mod:`~medfm.ssl.views.seeds` (per-sample seeds and draws, :func:`call_views`),
 :mod:`~medfm.ssl.views.geometry` (crops and flips), :mod:`~medfm.ssl.views.intensity`
@@ -45,7 +46,13 @@ Example:
 """
 
 from medfm.ssl.views.compose import Augment, MultiCrop, TwoViews
-from medfm.ssl.views.geometry import Size, crop_flip_theta, crop_flip_theta_3d, random_resized_crop
+from medfm.ssl.views.geometry import (
+    Size,
+    crop_flip_theta,
+    crop_flip_theta_3d,
+    random_field_affine,
+    random_resized_crop,
+)
 from medfm.ssl.views.intensity import (
     adjust_intensity,
     gaussian_blur,
@@ -67,6 +74,7 @@ __all__ = [
     "crop_flip_theta_3d",
     "gaussian_blur",
     "mix_seeds",
+    "random_field_affine",
     "random_field_intensity",
     "random_gaussian_blur",
     "random_gaussian_noise",

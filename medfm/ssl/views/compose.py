@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from medfm.ssl.views.geometry import Size, random_resized_crop
+from medfm.ssl.views.geometry import Size, random_field_affine, random_resized_crop
 from medfm.ssl.views.intensity import (
     random_field_intensity,
     random_gaussian_blur,
@@ -21,11 +21,11 @@ from medfm.ssl.views.seeds import resolve_seeds, view_seeds
 
 @dataclasses.dataclass
 class Augment:
-    """One random view per sample: crop + flip -> random field -> intensity jitter -> blur ->
-    noise -> clip to [0, 1]. Call with ``(B, C, H, W)``, get ``(B, C, size, size)``; or with
-    ``(B, C, D, H, W)``, get ``(B, C, size, size, size)``. ``sample_seeds`` (``(B,)`` ints, one
-    per sample) key every draw of sample ``i``, each step on its own stream of the seed; without
-    them seeds are drawn from the global torch RNG.
+    """One random view per sample: crop + flip -> random-field warp -> random intensity field ->
+    intensity jitter -> blur -> noise -> clip to [0, 1]. Call with ``(B, C, H, W)``, get
+    ``(B, C, size, size)``; or with ``(B, C, D, H, W)``, get ``(B, C, size, size, size)``.
+    ``sample_seeds`` (``(B,)`` ints, one per sample) key every draw of sample ``i``, each step on
+    its own stream of the seed; without them seeds are drawn from the global torch RNG.
 
     Args:
         size: output side, ``(h, w)`` or ``(d, h, w)`` (a 2D batch uses the last two).
@@ -35,6 +35,9 @@ class Augment:
         noise_std, noise_prob: :func:`random_gaussian_noise`.
         random_field_strength, random_field_length_scale: :func:`random_field_intensity`
             (0 = off).
+        random_field_affine_strength, random_field_affine_length_scale:
+            :func:`~medfm.ssl.views.geometry.random_field_affine` (0 = off), on the cropped
+            view (length scale in its pixels).
     """
 
     size: Size
@@ -51,6 +54,8 @@ class Augment:
     noise_prob: float = 0.5
     random_field_strength: float = 0.0
     random_field_length_scale: float = 8.0
+    random_field_affine_strength: float = 0.0
+    random_field_affine_length_scale: float = 16.0
 
     def __call__(
         self, images: torch.Tensor, sample_seeds: torch.Tensor | None = None
@@ -63,6 +68,12 @@ class Augment:
         seeds = resolve_seeds(sample_seeds, images.shape[0])
         x = random_resized_crop(
             images, self.size, self.scale, self.ratio, self.flip_prob, sample_seeds=seeds
+        )
+        x = random_field_affine(
+            x,
+            self.random_field_affine_strength,
+            self.random_field_affine_length_scale,
+            sample_seeds=seeds,
         )
         x = random_field_intensity(
             x, self.random_field_strength, self.random_field_length_scale, sample_seeds=seeds

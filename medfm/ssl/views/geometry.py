@@ -1,5 +1,6 @@
 """Random resized crops and flips of images and volumes: one ``grid_sample`` per batch with
-per-sample affine grids (``(B, 2, 3)`` thetas in 2D, ``(B, 3, 4)`` in 3D)."""
+per-sample affine grids (``(B, 2, 3)`` thetas in 2D, ``(B, 3, 4)`` in 3D); and the random-field
+warp of Mansfield et al. 2023 (:func:`random_field_affine`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from medfm.ssl.views.seeds import _CROP, _draws, _lerp
+from medfm.data.transforms.random_fields import RandFieldAffine
+from medfm.ssl.views.seeds import _CROP, _FIELD_AFFINE, _draws, _lerp, mix_seeds, resolve_seeds
 
 Size = int | tuple[int, int] | tuple[int, int, int]
 
@@ -122,3 +124,31 @@ def random_resized_crop(
     out_size = [b, c, *_spatial_size(size, images.ndim - 2)]
     grid = F.affine_grid(theta, out_size, align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_field_affine(
+    images: torch.Tensor,
+    strength: float,
+    length_scale: float = 16.0,
+    sample_seeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:class:`~medfm.data.transforms.random_fields.RandFieldAffine` on each sample of
+    ``(B, C, H, W)`` or ``(B, C, D, H, W)``: a smooth per-pixel translation, rotation and scaling
+    (Mansfield et al. 2023, "Random Field Augmentations for Self-Supervised Representation
+    Learning"), with its default per-pixel sizes at ``strength=1`` and ``length_scale`` in
+    pixels of the view; border padding. Not vectorised (one numpy FFT per field). Sample ``i``'s
+    field is seeded from ``sample_seeds[i]`` (its own stream); without seeds one generator
+    seeded from the global torch RNG runs through the batch. ``strength=0`` returns ``images``.
+    """
+    if strength <= 0:
+        return images
+    warp = RandFieldAffine(strength=strength, length_scale=length_scale)
+    if sample_seeds is None:
+        warp.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (1,))))
+        return torch.stack([warp(img) for img in images])
+    seeds = mix_seeds(resolve_seeds(sample_seeds, images.shape[0]), _FIELD_AFFINE)
+    out = []
+    for img, seed in zip(images, seeds.tolist(), strict=True):
+        warp.set_random_state(seed=seed % 2**32)  # numpy RandomState takes 32-bit seeds
+        out.append(warp(img))
+    return torch.stack(out)

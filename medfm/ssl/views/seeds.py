@@ -19,6 +19,7 @@ from medfm.ssl.masking import per_sample_uniform
 
 # streams of one view's seed, one per augmentation step: a step's draws do not shift another's
 _CROP, _FIELD, _JITTER, _BLUR, _NOISE, _NOISE_IMAGE = range(1, 7)
+_FIELD_AFFINE = 7
 _VIEW = 1000  # view v of a sample is stream _VIEW + v of its seed
 _CPU = torch.device("cpu")
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
