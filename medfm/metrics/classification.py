@@ -234,18 +234,7 @@ def bootstrap_auc_ci(
         groups: optional ``(n,)`` group (patient) label per sample.
         n_boot: number of replicates; ``alpha``: 1 - confidence level; ``seed``: the RNG seed.
     """
-    y_true, proba, classes = _check_proba(y_true, proba, classes)
-    _check_two_classes(y_true)
-    groups = per_sample(groups, len(y_true), "groups")
-    check_bootstrap_args(n_boot, alpha)
-    units = resampling_units(len(y_true), groups)
-
-    def statistic(unit_counts: np.ndarray) -> np.ndarray:
-        return _weighted_auc(unit_counts[:, units], y_true, proba, classes)
-
-    return grouped_bootstrap(
-        statistic, units, n_boot=n_boot, alpha=alpha, seed=seed, redraw_undefined=True
-    )
+    return _auc_bootstrap(y_true, [proba], classes, groups, n_boot, alpha, seed)
 
 
 def bootstrap_auc_gain_ci(
@@ -267,17 +256,22 @@ def bootstrap_auc_gain_ci(
     single-class replicates are as in :func:`bootstrap_auc_ci`; an interval above 0 says the
     first model ranks this test set better than the reference.
     """
-    y_true, proba, classes = _check_proba(y_true, proba, classes)
-    _, proba_reference, _ = _check_proba(y_true, proba_reference, classes)
+    return _auc_bootstrap(y_true, [proba, proba_reference], classes, groups, n_boot, alpha, seed)
+
+
+def _auc_bootstrap(y_true, probas, classes, groups, n_boot, alpha, seed) -> tuple[float, float]:
+    """The grouped bootstrap CI of ``auc(probas[0])``, or of ``auc(probas[0]) - auc(probas[1])``
+    on the same replicates."""
+    checked = [_check_proba(y_true, proba, classes) for proba in probas]
+    y_true, classes = checked[0][0], checked[0][2]
     _check_two_classes(y_true)
-    units = resampling_units(len(y_true), per_sample(groups, len(y_true), "groups"))
     check_bootstrap_args(n_boot, alpha)
+    units = resampling_units(len(y_true), per_sample(groups, len(y_true), "groups"))
 
     def statistic(unit_counts: np.ndarray) -> np.ndarray:
         weights = unit_counts[:, units]
-        return _weighted_auc(weights, y_true, proba, classes) - _weighted_auc(
-            weights, y_true, proba_reference, classes
-        )
+        aucs = [_weighted_auc(weights, y_true, proba, classes) for _, proba, _ in checked]
+        return aucs[0] - aucs[1] if len(aucs) == 2 else aucs[0]
 
     return grouped_bootstrap(
         statistic, units, n_boot=n_boot, alpha=alpha, seed=seed, redraw_undefined=True

@@ -111,29 +111,32 @@ def _simclr(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module
     )
 
 
+def _dino_kwargs(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> dict[str, Any]:
+    """The settings DINO and DINOv2 share: head, temperatures, centre, EMA and multi-crop."""
+    steps = cfg["ema_schedule_steps"]
+    return {
+        "out_dim": int(cfg["dino_out_dim"]),
+        "n_local": int(cfg["n_local_crops"]),
+        "teacher_temp": float(cfg["teacher_temp"]),
+        "student_temp": float(cfg["student_temp"]),
+        "center_momentum": float(cfg["center_momentum"]),
+        "momentum": float(cfg["ema_momentum"]),
+        "views": _multi_crop(encoder, cfg),
+        "momentum_final": float(cfg["ema_momentum_end"]),
+        "momentum_steps": int(steps) if steps else None,
+        "hidden_dim": int(cfg["dino_hidden_dim"]),
+        "bottleneck_dim": int(cfg["dino_bottleneck_dim"]),
+        "pooling": pooling,
+    }
+
+
 @OBJECTIVES.register("dino")
 def _dino(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
-    steps = cfg["ema_schedule_steps"]
-    return DINO(
-        encoder,
-        out_dim=int(cfg["dino_out_dim"]),
-        n_local=int(cfg["n_local_crops"]),
-        teacher_temp=float(cfg["teacher_temp"]),
-        student_temp=float(cfg["student_temp"]),
-        center_momentum=float(cfg["center_momentum"]),
-        momentum=float(cfg["ema_momentum"]),
-        views=_multi_crop(encoder, cfg),
-        momentum_final=float(cfg["ema_momentum_end"]),
-        momentum_steps=int(steps) if steps else None,
-        hidden_dim=int(cfg["dino_hidden_dim"]),
-        bottleneck_dim=int(cfg["dino_bottleneck_dim"]),
-        pooling=pooling,
-    )
+    return DINO(encoder, **_dino_kwargs(encoder, cfg, pooling))
 
 
 @OBJECTIVES.register("dinov2")
 def _dinov2(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
-    steps = cfg["ema_schedule_steps"]
     ratio = cfg["ibot_mask_ratio"]
     if len(ratio) != 2 or not 0 <= float(ratio[0]) <= float(ratio[1]) < 1:
         raise ConfigError(
@@ -141,18 +144,7 @@ def _dinov2(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module
         )
     return DINOv2(
         encoder,
-        out_dim=int(cfg["dino_out_dim"]),
-        n_local=int(cfg["n_local_crops"]),
-        teacher_temp=float(cfg["teacher_temp"]),
-        student_temp=float(cfg["student_temp"]),
-        center_momentum=float(cfg["center_momentum"]),
-        momentum=float(cfg["ema_momentum"]),
-        views=_multi_crop(encoder, cfg),
-        momentum_final=float(cfg["ema_momentum_end"]),
-        momentum_steps=int(steps) if steps else None,
-        hidden_dim=int(cfg["dino_hidden_dim"]),
-        bottleneck_dim=int(cfg["dino_bottleneck_dim"]),
-        pooling=pooling,
+        **_dino_kwargs(encoder, cfg, pooling),
         ibot_weight=float(cfg["ibot_weight"]),
         koleo_weight=float(cfg["koleo_weight"]),
         mask_prob=float(cfg["ibot_mask_prob"]),
