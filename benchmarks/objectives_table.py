@@ -68,6 +68,7 @@ def _run(name: str, overrides: tuple[str, ...], seed: int, out: Path, args, base
             f"out_dir={out}",
             f"seed={seed}",
             f"train.max_steps={args.steps}",
+            f"train.batch_size={args.batch}",
             f"train.warmup_steps={max(1, args.steps // 10)}",
             "train.monitor_every=0",
             "tracking.enabled=false",
@@ -157,6 +158,7 @@ def main() -> None:
     )
     parser.add_argument("--objectives", nargs="+", default=["mae", "simclr", "dino", "hybrid"])
     parser.add_argument("--steps", type=int, default=100, help="pre-training steps (fixed)")
+    parser.add_argument("--batch", type=int, default=128, help="pre-training batch (fixed)")
     parser.add_argument("--finetune-steps", type=int, default=150)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
@@ -178,7 +180,7 @@ def main() -> None:
                 aucs = ", ".join(f"{h} {run[h]:.3f}" for h in HEADS)
                 print(f"seed {seed} {name}: {aucs}; {baselines['random init'][-1]}", flush=True)
     print(
-        f"\n{data_name} test AUC, {args.steps} pre-training steps of 128 images, "
+        f"\n{data_name} test AUC, {args.steps} pre-training steps of {args.batch} images, "
         f"fine-tuning at most {args.finetune_steps} steps, seeds {args.seeds} (mean ± std)\n"
     )
     _print_table({**rows, **baselines})
