@@ -47,6 +47,7 @@ from torch import nn
 
 from medfm.models.pos_embed import sincos_2d, sincos_3d
 from medfm.ssl.ema import EMATeacher, cosine_momentum
+from medfm.ssl.mae import dims_suffix, part_for_dims
 from medfm.ssl.masking import block_masking, num_visible
 from medfm.ssl.patches import patchify
 from medfm.ssl.views import resolve_seeds
@@ -182,16 +183,10 @@ class CAE(nn.Module):
         self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
 
     def _suffix(self, spatial_dims: int) -> str:
-        return "" if spatial_dims == self.spatial_dims else f"_{spatial_dims}d"
+        return dims_suffix(self.spatial_dims, spatial_dims)
 
     def _part(self, name: str, spatial_dims: int) -> Any:
-        part = getattr(self, name + self._suffix(spatial_dims), None)
-        if part is None:
-            raise ValueError(
-                f"this CAE takes {self.spatial_dims}D input, got {spatial_dims}D; build the "
-                "encoder with unified=True (model.name=unified_*) for 2D and 3D batches"
-            )
-        return part
+        return part_for_dims(self, name, spatial_dims)
 
     @staticmethod
     def _pos_embed(encoder: nn.Module, spatial_dims: int) -> torch.Tensor:

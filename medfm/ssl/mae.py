@@ -63,6 +63,25 @@ def _sincos(dim: int, grid: tuple[int, ...]) -> torch.Tensor:
     return table.unsqueeze(0)
 
 
+def dims_suffix(native: int, spatial_dims: int) -> str:
+    """Attribute suffix of a decoder part for ``spatial_dims`` input: ``""`` at the encoder's
+    native dimensionality, ``"_2d"`` / ``"_3d"`` for the other one of a unified encoder."""
+    return "" if spatial_dims == native else f"_{spatial_dims}d"
+
+
+def part_for_dims(module: nn.Module, name: str, spatial_dims: int) -> Any:
+    """``module.<name><suffix>`` for ``spatial_dims`` input, or a ``ValueError`` saying the
+    encoder must be unified to take that dimensionality (MAE and CAE decoders)."""
+    part = getattr(module, name + dims_suffix(module.spatial_dims, spatial_dims), None)
+    if part is None:
+        raise ValueError(
+            f"this {type(module).__name__} takes {module.spatial_dims}D input, got "
+            f"{spatial_dims}D; build the encoder with unified=True (model.name=unified_*) for 2D "
+            "and 3D batches"
+        )
+    return part
+
+
 class MAE(nn.Module):
     """MAE around a ViT. ``forward({"image": (B, C, H, W) or (B, C, D, H, W)})`` -> dict.
 
@@ -110,17 +129,11 @@ class MAE(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
 
     def _suffix(self, spatial_dims: int) -> str:
-        return "" if spatial_dims == self.spatial_dims else f"_{spatial_dims}d"
+        return dims_suffix(self.spatial_dims, spatial_dims)
 
     def _part(self, name: str, spatial_dims: int) -> Any:
         """The decoder position table or head of this dimensionality (a clear error if none)."""
-        part = getattr(self, name + self._suffix(spatial_dims), None)
-        if part is None:
-            raise ValueError(
-                f"this MAE takes {self.spatial_dims}D input, got {spatial_dims}D; build the "
-                "encoder with unified=True (model.name=unified_*) for 2D and 3D batches"
-            )
-        return part
+        return part_for_dims(self, name, spatial_dims)
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens plus position embedding, ``(B, N, D)``."""

@@ -99,15 +99,22 @@ def _mae(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
     return MAE(encoder, **mae_kwargs(cfg))
 
 
+def _contrastive_kwargs(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> dict[str, Any]:
+    """The settings every SimCLR-style objective shares: projector, temperature, two views."""
+    return {
+        "proj_dim": int(cfg["proj_dim"]),
+        "hidden_dim": int(cfg["proj_hidden_dim"]),
+        "temperature": float(cfg["temperature"]),
+        "views": _two_views(encoder, cfg),
+        "pooling": pooling,
+    }
+
+
 @OBJECTIVES.register("simclr")
 def _simclr(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
     return SimCLR(
         encoder,
-        proj_dim=int(cfg["proj_dim"]),
-        temperature=float(cfg["temperature"]),
-        views=_two_views(encoder, cfg),
-        hidden_dim=int(cfg["proj_hidden_dim"]),
-        pooling=pooling,
+        **_contrastive_kwargs(encoder, cfg, pooling),
     )
 
 
@@ -165,13 +172,7 @@ def _hybrid(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module
     return Hybrid(
         encoder,
         mae_kwargs=mae_kwargs(cfg),
-        contrastive_kwargs={
-            "proj_dim": int(cfg["proj_dim"]),
-            "hidden_dim": int(cfg["proj_hidden_dim"]),
-            "temperature": float(cfg["temperature"]),
-            "views": _two_views(encoder, cfg),
-            "pooling": pooling,
-        },
+        contrastive_kwargs=_contrastive_kwargs(encoder, cfg, pooling),
         weight_mim=float(cfg["weight_mim"]),
         weight_contrastive=float(cfg["weight_contrastive"]),
     )
@@ -181,13 +182,9 @@ def _hybrid(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module
 def _metadata(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
     return MetadataContrastive(
         encoder,
-        proj_dim=int(cfg["proj_dim"]),
-        temperature=float(cfg["temperature"]),
         sigma=float(cfg["meta_sigma"]),
         meta_key=str(cfg["meta_key"]),
-        views=_two_views(encoder, cfg),
-        hidden_dim=int(cfg["proj_hidden_dim"]),
-        pooling=pooling,
+        **_contrastive_kwargs(encoder, cfg, pooling),
     )
 
 
@@ -196,11 +193,7 @@ def _anatcl(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module
     return AnatCL(
         encoder,
         **anatcl_kwargs(cfg),
-        proj_dim=int(cfg["proj_dim"]),
-        temperature=float(cfg["temperature"]),
-        views=_two_views(encoder, cfg),
-        hidden_dim=int(cfg["proj_hidden_dim"]),
-        pooling=pooling,
+        **_contrastive_kwargs(encoder, cfg, pooling),
     )
 
 
@@ -209,11 +202,7 @@ def _sit(encoder: Encoder, cfg: Mapping[str, Any], pooling: str) -> nn.Module:
     try:
         return SiT(
             encoder,
-            views=_two_views(encoder, cfg),
-            proj_dim=int(cfg["proj_dim"]),
-            hidden_dim=int(cfg["proj_hidden_dim"]),
-            temperature=float(cfg["temperature"]),
-            pooling=pooling,
+            **_contrastive_kwargs(encoder, cfg, pooling),
             corrupt_ratio=float(cfg["sit_corrupt_ratio"]),
             max_group=float(cfg["sit_max_group"]),
             corrupt_probs=[float(p) for p in cfg["sit_corrupt_probs"]],
