@@ -187,7 +187,7 @@ def main() -> None:
     for name, runs in rows.items():
         for head in HEADS:
             gains = [r[head] - b[head] for r, b in zip(runs, baselines["random init"], strict=True)]
-            print(f"{name}: {head} gain over random:{head} {np.mean(gains):+.3f}", end="; ")
+            print(f"{name}: {head} − random:{TWIN[head]} {np.mean(gains):+.3f}", end="; ")
         print()
 
 
