@@ -13,9 +13,11 @@ mean ± std over seeds, with steps, images/s and wall time per objective.
     python benchmarks/objectives_table.py --data ../shared/data/breastmnist.npz --steps 100 \
         --seeds 0 1 2
     python benchmarks/objectives_table.py --data phantoms --steps 100   # the embedded phantoms
+    python benchmarks/objectives_table.py --objectives mae --steps 600 --set model.stem=patch
 
 ``--data phantoms`` writes the embedded multi-center phantoms (4 classes, 3 centers, 28 px) as a
-MedMNIST-format file, split by patient, and runs the same table on it.
+MedMNIST-format file, split by patient, and runs the same table on it. ``--set`` changes the
+recipe for every row and for the random twin alike (the twin is always the same architecture).
 
 Each recipe is a starting point, not a sweep: the temperatures, crops and mask ratios of each
 paper, at the 28-pixel scale (DINO's local crops are 12 pixels, 3 x 3 patches).
@@ -74,6 +76,7 @@ def _run(name: str, overrides: tuple[str, ...], seed: int, out: Path, args, base
             "tracking.enabled=false",
             "train.progress=false",
             *overrides,
+            *args.set,
         ],
     )
     start = time.perf_counter()
@@ -161,6 +164,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128, help="pre-training batch (fixed)")
     parser.add_argument("--finetune-steps", type=int, default=150)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe overrides for every row and its random twin, e.g. model.stem=patch",
+    )
     args = parser.parse_args()
     rows: dict[str, list[dict]] = {name: [] for name in args.objectives}
     baselines: dict[str, list[dict]] = {"random init": [], "raw pixels": []}
@@ -181,7 +191,8 @@ def main() -> None:
                 print(f"seed {seed} {name}: {aucs}; {baselines['random init'][-1]}", flush=True)
     print(
         f"\n{data_name} test AUC, {args.steps} pre-training steps of {args.batch} images, "
-        f"fine-tuning at most {args.finetune_steps} steps, seeds {args.seeds} (mean ± std)\n"
+        f"fine-tuning at most {args.finetune_steps} steps, seeds {args.seeds} (mean ± std)"
+        f"{', with ' + ' '.join(args.set) if args.set else ''}\n"
     )
     _print_table({**rows, **baselines})
     for name, runs in rows.items():
