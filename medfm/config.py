@@ -123,6 +123,8 @@ DEFAULTS: dict[str, Any] = {
         "anatcl_variant": "global",  # one kernel on the descriptor vector, or "local": one each
         "anatcl_sigma": 1.0,  # kernel width in standard deviations
         "anatcl_standardize": "dataset",  # z-score over the train rows, "batch" or "none"
+        "anatcl_age_key": None,  # e.g. age: its own y-Aware term, L = L_anat + w * L_age
+        "anatcl_age_weight": 1.0,  # w, the age term's weight
         # views of simclr, dino, hybrid, metadata, anatcl, sit: random-field warp (Mansfield et
         # al. 2023, RandFieldAffine); 0 = off
         "random_field_affine_strength": 0.0,

@@ -22,12 +22,22 @@ as given: :func:`medfm.train.pretrain.pretrain` with ``ssl.anatcl_standardize=da
 each column over the training rows before it reaches the batch, and the objective then gets
 ``"none"``.
 
-What differs from the paper: the paper computes its descriptors per brain region of an atlas
-(from CAT12 / FreeSurfer outputs) and trains a 3D ResNet-18; here any numeric manifest columns
-serve, on medfm's ViTs. The form of the paper's contrastive loss and how it weighs its age and
-anatomical terms were not checked against the paper's text here: this module implements the
-kernel-weighted InfoNCE above, and an age term is simply one more descriptor (``age`` among
-``meta_keys``) in the same kernel.
+Age as its own term (``age_key``, ``ssl.anatcl_age_key``): the first author's project page
+describes AnatCL's objective as a weighted sum of the anatomical term and a y-Aware age term,
+``L = L_anat + age_weight * L_age``; ``L_age`` is the same kernel-weighted InfoNCE with one
+Gaussian kernel on the standardised age alone (:class:`~medfm.ssl.metadata.MetadataContrastive`'s
+loss). Without ``age_key`` there is no separate term, and age may still be one of ``meta_keys``.
+
+What differs from the paper:
+
+- the paper computes its descriptors per brain region of an atlas (cortical thickness, grey-matter
+  volume and surface area from FreeSurfer, 68 or 148 regions) and trains a 3D ResNet-18; here
+  any numeric manifest columns serve, on medfm's ViTs;
+- the paper's similarity between two scans' anatomical measures, its local aggregation over
+  regions and its weights of the two terms (``lambda_1``, ``lambda_2``) could not be read here
+  (only the paper's abstract and the author's summary were reachable): this module uses Gaussian
+  kernels on standardised descriptors, averages the per-descriptor losses in ``local``, and fixes
+  the anatomical term's weight at 1 (``age_weight`` is the ratio of the two).
 """
 
 from __future__ import annotations
@@ -71,12 +81,27 @@ def anatcl_kwargs(ssl_cfg: Mapping[str, Any]) -> dict[str, Any]:
     sigma = float(ssl_cfg["anatcl_sigma"])
     if sigma <= 0:
         raise ConfigError(f"ssl.anatcl_sigma={sigma} must be > 0")
+    age_key, age_weight = ssl_cfg.get("anatcl_age_key"), float(ssl_cfg["anatcl_age_weight"])
+    keys = meta_keys_of(ssl_cfg)
+    if age_key is not None and (str(age_key) in keys or age_weight < 0):
+        raise ConfigError(
+            f"ssl.anatcl_age_key={age_key!r} must not be one of ssl.meta_keys={keys} (it is its "
+            f"own y-Aware term), and ssl.anatcl_age_weight={age_weight} must be >= 0"
+        )
     return {
-        "meta_keys": meta_keys_of(ssl_cfg),
+        "meta_keys": keys,
         "variant": variant,
         "sigma": sigma,
         "standardize": "none" if how == "dataset" else how,
+        "age_key": None if age_key is None else str(age_key),
+        "age_weight": age_weight,
     }
+
+
+def descriptor_columns(ssl_cfg: Mapping[str, Any]) -> list[str]:
+    """Every manifest column AnatCL reads: ``ssl.meta_keys``, then ``ssl.anatcl_age_key``."""
+    age_key = ssl_cfg.get("anatcl_age_key")
+    return meta_keys_of(ssl_cfg) + ([] if age_key is None else [str(age_key)])
 
 
 def standardize_columns(
@@ -106,8 +131,8 @@ def descriptor_kernels(
 
 
 class AnatCL(SimCLR):
-    """``forward({"image": (B, C, [D,] H, W), key: (B,) for key in meta_keys})`` ->
-    ``{"loss", "loss_contrastive"}``.
+    """``forward({"image": (B, C, [D,] H, W), key: (B,) for key in meta_keys (and age_key)})``
+    -> ``{"loss", "loss_contrastive"}`` (and ``"loss_age"`` with ``age_key``).
 
     Args:
         encoder: the timm ViT or medfm ViT3D to train.
@@ -115,6 +140,8 @@ class AnatCL(SimCLR):
         variant: ``"global"`` or ``"local"`` (see the module docstring).
         sigma: kernel width > 0, in standard deviations of the standardised descriptors.
         standardize: ``"batch"`` or ``"none"`` (values already standardised over the dataset).
+        age_key: the batch key of age for the separate y-Aware term, or ``None`` for none.
+        age_weight: that term's weight (the anatomical term's is 1).
         Other arguments as :class:`~medfm.ssl.simclr.SimCLR`; with ``gather_distributed`` the
         keys and their descriptors are gathered from every rank, views from the sample seeds.
     """
@@ -132,6 +159,8 @@ class AnatCL(SimCLR):
         hidden_dim: int = 512,
         pooling: str = "mean",
         gather_distributed: bool = True,
+        age_key: str | None = None,
+        age_weight: float = 1.0,
     ) -> None:
         super().__init__(
             encoder, proj_dim, temperature, views, hidden_dim, pooling, gather_distributed
@@ -146,36 +175,50 @@ class AnatCL(SimCLR):
             )
         if sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
+        if age_key is not None and (age_key in keys or age_weight < 0):
+            raise ValueError(f"age_key={age_key!r} must not be in meta_keys={keys}, weight >= 0")
         self.meta_keys, self.variant, self.sigma, self.standardize = (
             keys,
             variant,
             sigma,
             standardize,
         )
+        self.age_key, self.age_weight = age_key, float(age_weight)
+
+    @property
+    def columns(self) -> list[str]:
+        """The batch keys read: ``meta_keys``, then ``age_key`` if set."""
+        return self.meta_keys + ([] if self.age_key is None else [self.age_key])
 
     def descriptors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The batch's ``(b, K)`` float32 descriptors, in ``meta_keys`` order."""
-        missing = [k for k in self.meta_keys if k not in batch]
+        """The batch's ``(b, K)`` float32 descriptors, in :attr:`columns` order."""
+        missing = [k for k in self.columns if k not in batch]
         if missing:
             raise KeyError(
                 f"the anatcl objective needs batch[{missing[0]!r}], a (B,) float tensor per "
-                f"descriptor in ssl.meta_keys={self.meta_keys}; the batch has {sorted(batch)}. "
+                f"descriptor in ssl.meta_keys={self.meta_keys} (and ssl.anatcl_age_key="
+                f"{self.age_key!r}); the batch has {sorted(batch)}. "
                 "Keep the column in the manifest (`medfm ingest --labels CSV --label-columns "
                 f"{missing[0]}`) or change ssl.meta_keys."
             )
-        columns = [
-            torch.as_tensor(batch[k], dtype=torch.float32).reshape(-1) for k in self.meta_keys
-        ]
+        columns = [torch.as_tensor(batch[k], dtype=torch.float32).reshape(-1) for k in self.columns]
         return torch.stack(columns, dim=1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``{"image": (B, C, [D,] H, W), key: (B,), ...}`` -> 0-dim ``{"loss",
-        "loss_contrastive"}`` (AnatCL, Barbano et al. 2024)."""
+        "loss_contrastive"[, "loss_age"]}`` (AnatCL, Barbano et al. 2024)."""
         z1, z2 = self.embed_views(batch["image"], batch.get("sample_seed"))
         y = self.descriptors(batch).to(z1.device)  # (b, K)
         y_keys = G.gather_no_grad(y) if self.gathers else y  # (B, K)
         if self.standardize == "batch":
             y, y_keys = standardize_columns(y, y_keys), standardize_columns(y_keys)
-        kernels = descriptor_kernels(y, y_keys, self.sigma, self.variant)
+        k = len(self.meta_keys)
+        kernels = descriptor_kernels(y[:, :k], y_keys[:, :k], self.sigma, self.variant)
         loss = kernel_weighted_info_nce(z1, z2, kernels, self.temperature, self.gathers)
-        return {"loss": loss, "loss_contrastive": loss.detach()}
+        out = {"loss_contrastive": loss.detach()}
+        if self.age_key is not None:
+            age_kernel = descriptor_kernels(y[:, k:], y_keys[:, k:], self.sigma)
+            loss_age = kernel_weighted_info_nce(z1, z2, age_kernel, self.temperature, self.gathers)
+            loss = loss + self.age_weight * loss_age
+            out["loss_age"] = loss_age.detach()
+        return {"loss": loss, **out}

@@ -27,7 +27,7 @@ from medfm.data.transforms.preprocess import resolve_preprocess
 from medfm.models.backbones import create_backbone
 from medfm.models.encoder_io import save_encoder
 from medfm.ssl import build_objective
-from medfm.ssl.anatcl import meta_keys_of, standardize_columns
+from medfm.ssl.anatcl import descriptor_columns, standardize_columns
 from medfm.tracking.base import Logger, NullLogger, continue_run
 from medfm.train import distributed as D
 from medfm.train.checkpoint import CHECKPOINT, checkpoint_tracking
@@ -118,12 +118,13 @@ def _train_rows(rows: list[dict], cfg: DictConfig) -> list[dict]:
 def _metadata(rows: list[dict], cfg: DictConfig) -> dict[str, torch.Tensor]:
     """The continuous metadata columns per train row, by name: ``ssl.meta_key`` (e.g. age) for
     ``ssl.objective=metadata``, ``ssl.meta_keys`` for ``anatcl`` (z-scored over the train rows
-    when ``ssl.anatcl_standardize=dataset``); none for the other objectives."""
+    and ``ssl.anatcl_age_key``, z-scored over the train rows when
+    ``ssl.anatcl_standardize=dataset``); none for the other objectives."""
     objective = str(cfg.ssl.objective)
     if objective == "metadata":
         keys, setting = [str(cfg.ssl.meta_key)], "ssl.meta_key"
     elif objective == "anatcl":
-        keys, setting = meta_keys_of(cfg.ssl), "ssl.meta_keys"
+        keys, setting = descriptor_columns(cfg.ssl), "ssl.meta_keys or ssl.anatcl_age_key"
     else:
         return {}
     columns = {}

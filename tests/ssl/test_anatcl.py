@@ -119,6 +119,36 @@ def test_batch_standardisation_makes_the_loss_independent_of_units():
     assert torch.equal(standardize_columns(torch.ones(3, 1)), torch.zeros(3, 1))
 
 
+def test_age_is_its_own_y_aware_term_weighted_against_the_anatomical_one():
+    """L = L_anat(gm, wm) + w * L_age, each the loop reference with its own kernel, on the
+    projections the objective itself embeds (the author's description of AnatCL's loss)."""
+    torch.manual_seed(0)
+    objective = _objective(
+        "ssl.meta_keys=[gm,wm]",
+        "ssl.anatcl_age_key=age",
+        "ssl.anatcl_age_weight=0.5",
+        "ssl.anatcl_standardize=batch",
+        "ssl.anatcl_sigma=0.8",
+    )
+    assert objective.columns == ["gm", "wm", "age"] and objective.age_weight == 0.5
+    age, gm = torch.tensor([30.0, 42, 55, 71]), torch.tensor([0.6, 0.55, 0.5, 0.42])
+    wm = torch.tensor([0.40, 0.47, 0.41, 0.45])
+    batch = {"image": torch.rand(4, 1, 16, 16), "sample_seed": torch.arange(4)}
+    batch |= {"age": age, "gm": gm, "wm": wm}
+    with torch.no_grad():
+        out = objective(batch)
+        z1, z2 = objective.embed_views(batch["image"], batch["sample_seed"])
+    y = standardize_columns(torch.stack([gm, wm, age], dim=1))
+    t = objective.temperature
+    anat = _loop_reference(z1, z2, descriptor_kernels(y[:, :2], y[:, :2], 0.8)[0], t)
+    age_term = _loop_reference(z1, z2, descriptor_kernels(y[:, 2:], y[:, 2:], 0.8)[0], t)
+    assert out["loss_contrastive"].item() == pytest.approx(anat.item(), rel=1e-5)
+    assert out["loss_age"].item() == pytest.approx(age_term.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx((anat + 0.5 * age_term).item(), rel=1e-5)
+    with pytest.raises(KeyError, match=r"batch\['age'\]"):
+        objective({k: v for k, v in batch.items() if k != "age"})
+
+
 def test_config_path_and_errors_name_the_key():
     assert anatcl_kwargs(load_config(None, ["ssl.meta_key=age"]).ssl)["meta_keys"] == ["age"]
     kwargs = anatcl_kwargs(
@@ -129,7 +159,13 @@ def test_config_path_and_errors_name_the_key():
         "variant": "local",
         "sigma": 1.0,
         "standardize": "none",
+        "age_key": None,
+        "age_weight": 1.0,
     }
+    with pytest.raises(ConfigError, match=r"ssl\.anatcl_age_key='age' must not be one of"):
+        _objective("ssl.meta_keys=[age,gm]", "ssl.anatcl_age_key=age")
+    with pytest.raises(ConfigError, match=r"ssl\.anatcl_age_weight=-1.0"):
+        _objective("ssl.meta_keys=[gm]", "ssl.anatcl_age_key=age", "ssl.anatcl_age_weight=-1")
     with pytest.raises(ConfigError, match=r"ssl\.anatcl_variant='both'"):
         _objective("ssl.anatcl_variant=both")
     with pytest.raises(ConfigError, match=r"ssl\.anatcl_sigma"):
@@ -212,7 +248,7 @@ def test_recipe_trains_a_few_steps_on_descriptor_columns_from_ingest(manifest, t
     cfg = load_config(
         RECIPE, [f"data.manifest={manifest.manifest}", f"out_dir={tmp_path}", *SMALL, *extra]
     )
-    assert list(cfg.ssl.meta_keys) == ["age", "gm_volume", "wm_volume"]
+    assert list(cfg.ssl.meta_keys) == ["gm_volume", "wm_volume"] and cfg.ssl.anatcl_age_key == "age"
     out, trained = pretrain(cfg)
     assert trained.steps == 3 and np.isfinite(trained.final_loss)
     assert (out / "encoder.safetensors").is_file()

@@ -74,7 +74,9 @@ def build(name: str) -> nn.Module:
     elif name == "metadata":
         objective = MetadataContrastive(encoder(), sigma=0.5, **kwargs)
     elif name == "anatcl":  # descriptors standardised over the (gathered) global batch
-        objective = AnatCL(encoder(), ["meta", "meta2"], "local", 0.7, "batch", **kwargs)
+        objective = AnatCL(
+            encoder(), ["meta", "meta2"], "local", 0.7, "batch", age_key="age", **kwargs
+        )
     elif name == "sit":  # donors of "other image" groups come from the gathered global batch
         objective = SiT(encoder(), corrupt_probs=(0.3, 0.5, 0.2), **kwargs)
     else:
@@ -90,6 +92,7 @@ def global_batch(step: int) -> dict[str, torch.Tensor]:
         "meta": torch.rand(GLOBAL_BATCH, generator=g) * 2,
         "meta2": torch.rand(GLOBAL_BATCH, generator=g) * 50,
         "sample_seed": torch.randint(0, 2**62, (GLOBAL_BATCH,), generator=g),
+        "age": torch.rand(GLOBAL_BATCH, generator=g) * 60 + 20,
     }
 
 
