@@ -134,6 +134,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 64,
         "max_steps": 300,
         "max_minutes": None,
+        "fit_schedule_to_minutes": True,  # with max_minutes: the cosine ends where time runs out
         "lr": 1.5e-3,
         "min_lr": 1.0e-5,
         "weight_decay": 0.05,

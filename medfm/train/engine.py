@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from medfm.tracking.base import Logger, NullLogger, tracking_state
 from medfm.train import distributed as D
+from medfm.train.budget import BudgetPlanner
 from medfm.train.checkpoint import (
     CHECKPOINT,
     load_checkpoint,
@@ -219,6 +220,7 @@ class _Loop:
     monitor: Callable[[int], dict] | None
     speed: Throughput
     start: int
+    planner: BudgetPlanner
 
 
 def _begin(
@@ -237,13 +239,13 @@ def _begin(
     return run, start
 
 
-def _progress_bar(start: int, tc: DictConfig, info: D.DistInfo) -> tqdm:
+def _progress_bar(start: int, end: int, tc: DictConfig, info: D.DistInfo) -> tqdm:
     return tqdm(
-        range(start, int(tc.max_steps)),
+        range(start, end),
         desc="pretrain",
         unit="step",
         initial=start,
-        total=int(tc.max_steps),
+        total=end,
         disable=not (tc.progress and info.is_main),
     )
 
@@ -271,9 +273,13 @@ def _after_step(run: RunState, loop: _Loop, bar: tqdm, done: int, loss: float, t
         img_s=f"{now['images_per_second']:.0f}",
         wait=f"{now['data_wait']:.0%}",
     )
-    if done % int(tc.log_every) == 0 or done == int(tc.max_steps):
+    last = min(int(tc.max_steps), loop.planner.end)
+    if done % int(tc.log_every) == 0 or done == last:
         log_step(run, loop.logger, done, terms, loss, now)
     stop = early_stop(run, loop.monitor, done, tc, loop.logger)
+    if done == loop.planner.end < int(tc.max_steps):
+        log.info("Stopping at step %d: the schedule fitted to train.max_minutes ends here", done)
+        stop = True
     if tc.max_minutes and loop.speed.elapsed() > 60 * float(tc.max_minutes):
         log.info("Stopping at step %d: train.max_minutes=%s reached", done, tc.max_minutes)
         stop = True
@@ -293,6 +299,9 @@ def train(
 ) -> TrainResult:
     """Run ``train.max_steps`` optimiser steps (or until ``max_minutes``), resuming if possible.
 
+    With ``train.max_minutes`` the LR schedule is fitted, once, to the steps that fit in it
+    (:mod:`medfm.train.budget`; ``train.fit_schedule_to_minutes=false`` keeps ``max_steps``).
+
     ``batches(start)`` yields this process's batch (``image``, ``sample_seed``, ...) for each
     step from ``start``; see :mod:`medfm.data.loader`. In a distributed run each process gets
     its contiguous share of the global batch of ``train.batch_size``.
@@ -300,12 +309,19 @@ def train(
     info = info or D.DistInfo()
     run, start = _begin(objective, cfg, out_dir, info)
     speed = Throughput(FlopMeter(info.device), info.world_size)
-    loop = _Loop(cfg.train, logger or NullLogger(), monitor, speed, start)
+    tc = cfg.train
+    minutes = tc.max_minutes if tc.get("fit_schedule_to_minutes", True) else None
+    planner = BudgetPlanner(run.sched.lr_lambdas[0], minutes, start, info)
+    loop = _Loop(tc, logger or NullLogger(), monitor, speed, start, planner)
     loss, done, stream = float("nan"), start, iter(batches(start))
-    bar = _progress_bar(start, cfg.train, info)
+    bar = _progress_bar(start, min(int(tc.max_steps), planner.end), tc, info)
     for step in bar:
         loss, terms = _step(run, loop, stream, step)
         done = step + 1
+        planned = planner.observe(done, speed.elapsed())
+        if planned is not None:
+            bar.total = planned
+            loop.logger.log_metrics({"planned_steps": float(planned)}, step=done)
         if _after_step(run, loop, bar, done, loss, terms):
             break
     bar.close()

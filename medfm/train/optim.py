@@ -49,25 +49,39 @@ def warmup_cosine(step: int, warmup: int, total: int, base_lr: float, min_lr: fl
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+class WarmupCosine:
+    """The LR factor of a step under :func:`warmup_cosine`, relative to ``base_lr``.
+
+    A callable object rather than a lambda: ``LambdaLR.state_dict()`` saves such an object's
+    attributes, so a ``total`` fitted to ``train.max_minutes`` (:mod:`medfm.train.budget`) is in
+    the checkpoint and a resumed run follows the same schedule. ``fitted`` says it was."""
+
+    def __init__(self, warmup: int, total: int, base_lr: float, min_lr: float) -> None:
+        self.warmup, self.total, self.base_lr, self.min_lr = warmup, total, base_lr, min_lr
+        self.fitted = False
+
+    def __call__(self, step: int) -> float:
+        if not self.base_lr:  # train.lr=0 freezes everything
+            return 0.0
+        lr = warmup_cosine(step, self.warmup, self.total, self.base_lr, self.min_lr)
+        return lr / self.base_lr
+
+
 def build_optimizer(
     model: nn.Module, train_cfg: DictConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW + warmup-cosine. A model with a ``lr_scale(param_name) -> float`` method (e.g. a
-    fine-tuning classifier with layer-wise LR decay) gets its per-parameter factors."""
+    fine-tuning classifier with layer-wise LR decay) gets its per-parameter factors. The
+    schedule's :class:`WarmupCosine` is ``scheduler.lr_lambdas[0]`` (shared by every group)."""
     base_lr = float(train_cfg.lr)
     groups = param_groups(model, float(train_cfg.weight_decay), getattr(model, "lr_scale", None))
     for group in groups:
         group["lr"] = base_lr * group.pop("lr_scale", 1.0)
     opt = torch.optim.AdamW(groups, lr=base_lr, betas=tuple(train_cfg.betas))
-    warmup, total, min_lr = (
+    factor = WarmupCosine(
         int(train_cfg.warmup_steps),
         int(train_cfg.max_steps),
+        base_lr,
         float(train_cfg.min_lr),
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(  # train.lr=0 freezes everything
-        opt,
-        lambda step: (
-            warmup_cosine(step, warmup, total, base_lr, min_lr) / base_lr if base_lr else 0.0
-        ),
-    )
-    return opt, schedule
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)

@@ -121,3 +121,83 @@ def test_compile_trains_a_contrastive_objective_and_keeps_the_weight_names(tmp_p
         torch.testing.assert_close(
             objective(batch)["loss"], plain(batch)["loss"], rtol=1e-4, atol=1e-5
         )
+
+
+class _Clock:
+    """Stands in for the training meter's clock: each batch fetched takes one second."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def batches(self, die_at: int | None = None):
+        def get_batch(idx):
+            self.now += 1.0
+            if die_at is not None and self.now == die_at:
+                raise KilledError
+            return _get_batch(idx)
+
+        return get_batch
+
+
+def _timed(tmp_path, monkeypatch, **extra):
+    """A 1000-step recipe under a one-minute budget, on a clock where a step takes 1 s."""
+    import medfm.train.throughput as throughput
+
+    clock = _Clock()
+    monkeypatch.setattr(throughput, "time", clock)
+    budget = {
+        "train.max_minutes": 1,
+        "train.checkpoint_every": 20,
+        "train.min_lr": 1e-5,
+        "train.lr": 1e-3,
+    }
+    objective, cfg = _setup(tmp_path, 1000, **{**budget, **extra})
+    return objective, cfg, clock
+
+
+def _lr_after(out_dir) -> tuple[int, float, dict]:
+    state = load_checkpoint(out_dir / CHECKPOINT)
+    return state["step"], state["optimizer"]["param_groups"][0]["lr"], state["scheduler"]
+
+
+def test_the_schedule_is_fitted_to_max_minutes_and_ends_its_decay(tmp_path, monkeypatch):
+    """Steps 2-11 take 1 s each; at step 11, 11 s in, 0.97 * 60 s - 11 s = 47.2 s leave room for
+    47 more steps: the cosine is refitted to end at step 58 and the run stops there at min_lr."""
+    objective, cfg, clock = _timed(tmp_path / "fit", monkeypatch)
+    result = _run(objective, clock.batches(), cfg, tmp_path / "fit")
+    step, lr, sched = _lr_after(tmp_path / "fit")
+    assert result.steps == step == 58
+    assert sched["lr_lambdas"][0]["total"] == 58 and sched["lr_lambdas"][0]["fitted"]
+    assert lr == pytest.approx(1e-5)
+
+    objective, cfg, clock = _timed(
+        tmp_path / "cut", monkeypatch, **{"train.fit_schedule_to_minutes": False}
+    )
+    result = _run(objective, clock.batches(), cfg, tmp_path / "cut")
+    step, lr, _ = _lr_after(tmp_path / "cut")
+    assert result.steps == step == 61  # the first step past 60 s
+    assert lr > 0.9e-3  # cut off 61 steps into a 1000-step cosine: near the peak
+
+
+def test_a_fitted_run_resumes_exactly_and_a_finished_one_does_nothing(tmp_path, monkeypatch):
+    straight, cfg, clock = _timed(tmp_path / "a", monkeypatch)
+    _run(straight, clock.batches(), cfg, tmp_path / "a")
+
+    first, cfg_b, clock = _timed(tmp_path / "b", monkeypatch)
+    with pytest.raises(KilledError):  # in step 43, after the step-40 checkpoint
+        _run(first, clock.batches(die_at=43), cfg_b, tmp_path / "b")
+    torch.manual_seed(123)
+    resumed, cfg_c, clock = _timed(tmp_path / "b", monkeypatch)
+    result = _run(resumed, clock.batches(), cfg_c, tmp_path / "b")
+    assert (result.resumed_from, result.steps) == (40, 58)  # the saved plan, not a new one
+    for (name, a), (_, b) in zip(
+        straight.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+    again, cfg_d, clock = _timed(tmp_path / "a", monkeypatch)
+    result = _run(again, clock.batches(), cfg_d, tmp_path / "a")
+    assert (result.resumed_from, result.steps, clock.now) == (58, 58, 0.0)

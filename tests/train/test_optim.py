@@ -45,3 +45,26 @@ def test_scheduler_follows_the_schedule():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.005, 0.01, 0.01, 0.005])
+
+
+def test_steps_that_fit_the_rest_of_the_budget():
+    from medfm.train.budget import steps_that_fit
+
+    # 0.97 * 60 s - 12 s = 46.2 s at 1 s a step: 46 more steps after the 11 done
+    assert steps_that_fit(11, 12.0, 1.0, 1.0, 1000) == 57
+    assert steps_that_fit(11, 12.0, 0.5, 1.0, 1000) == 11 + 92
+    assert steps_that_fit(11, 12.0, 1.0, 1.0, 30) == 30  # never past max_steps
+    assert steps_that_fit(11, 70.0, 1.0, 1.0, 1000) == 12  # over budget already: stop next step
+
+
+def test_a_fitted_schedule_travels_with_the_scheduler_state():
+    cfg = load_config(None, ["model.depth=1", "train.max_steps=100", "train.warmup_steps=0"])
+    model = create_backbone(cfg.model, 16, 1)
+    _, sched = build_optimizer(model, cfg.train)
+    factor = sched.lr_lambdas[0]
+    factor.total, factor.fitted = 10, True
+    assert factor(5) == pytest.approx(warmup_cosine(5, 0, 10, 1.5e-3, 1e-5) / 1.5e-3)
+    _, fresh = build_optimizer(model, cfg.train)
+    fresh.load_state_dict(sched.state_dict())
+    assert (fresh.lr_lambdas[0].total, fresh.lr_lambdas[0].fitted) == (10, True)
+    assert all(f is fresh.lr_lambdas[0] for f in fresh.lr_lambdas)
