@@ -11,8 +11,9 @@ How: the first step of an invocation warms up (allocations, thread pools) and is
 the next :data:`PROBE_STEPS` steps measure seconds per step, averaged over processes so every
 rank plans the same; the schedule's ``total`` becomes the steps that fit in
 ``MARGIN * max_minutes`` (never more than ``train.max_steps``) and the run ends there. The plan
-is made once and saved with the scheduler in the checkpoint, so a resumed run keeps it and
-stays exact; ``max_minutes`` still stops a run that turns out slower than planned. Monitors
+is made once and saved with the scheduler in the checkpoint, so a run resumed with the same
+budget keeps it and stays exact (one resumed with another ``max_steps`` or ``max_minutes``
+plans again); ``max_minutes`` still stops a run that turns out slower than planned. Monitors
 and checkpoints are not in the probe; :data:`MARGIN` leaves them 3 % of the budget.
 """
 
@@ -20,8 +21,10 @@ from __future__ import annotations
 
 import logging
 
+from omegaconf import DictConfig
+
 from medfm.train import distributed as D
-from medfm.train.optim import WarmupCosine
+from medfm.train.optim import WarmupCosine, budget_of
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +49,14 @@ class BudgetPlanner:
     stops at."""
 
     def __init__(
-        self, schedule: WarmupCosine, max_minutes: float | None, start: int, info: D.DistInfo
+        self, schedule: WarmupCosine, train_cfg: DictConfig, start: int, info: D.DistInfo
     ) -> None:
-        self.schedule, self.max_minutes, self.info = schedule, max_minutes, info
+        fit = train_cfg.get("fit_schedule_to_minutes", True)
+        self.schedule, self.info, self.start = schedule, info, start
+        self.max_minutes = train_cfg.max_minutes if fit else None
+        self.budget = budget_of(train_cfg)
         self.timed_from: tuple[int, float] | None = None
-        self.active = bool(max_minutes) and not schedule.fitted
-        self.start = start
+        self.active = bool(self.max_minutes) and schedule.budget is None
 
     @property
     def end(self) -> int:
@@ -71,7 +76,7 @@ class BudgetPlanner:
         per_step = D.mean_across((elapsed - then) / (done - first), self.info)
         elapsed = D.mean_across(elapsed, self.info)
         planned = steps_that_fit(done, elapsed, per_step, float(self.max_minutes), self.end)
-        self.schedule.total, self.schedule.fitted, self.active = planned, True, False
+        self.schedule.total, self.schedule.budget, self.active = planned, self.budget, False
         log.info(
             "train.max_minutes=%s: at %.2f s a step, %d steps fit; the LR schedule now ends at "
             "step %d",

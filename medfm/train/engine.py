@@ -230,6 +230,7 @@ def _begin(
     the step it starts from (0 for a fresh run, whose stale ``metrics.jsonl`` is removed)."""
     run = _setup(objective, cfg, out_dir, info)
     start = _resume(run)
+    run.sched.lr_lambdas[0].follow(cfg.train)  # a saved plan holds only for the same budget
     run.last_good = start or None
     if start == 0 and info.is_main:
         (run.out_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -310,8 +311,7 @@ def train(
     run, start = _begin(objective, cfg, out_dir, info)
     speed = Throughput(FlopMeter(info.device), info.world_size)
     tc = cfg.train
-    minutes = tc.max_minutes if tc.get("fit_schedule_to_minutes", True) else None
-    planner = BudgetPlanner(run.sched.lr_lambdas[0], minutes, start, info)
+    planner = BudgetPlanner(run.sched.lr_lambdas[0], tc, start, info)
     loop = _Loop(tc, logger or NullLogger(), monitor, speed, start, planner)
     loss, done, stream = float("nan"), start, iter(batches(start))
     bar = _progress_bar(start, min(int(tc.max_steps), planner.end), tc, info)

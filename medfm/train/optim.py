@@ -54,17 +54,43 @@ class WarmupCosine:
 
     A callable object rather than a lambda: ``LambdaLR.state_dict()`` saves such an object's
     attributes, so a ``total`` fitted to ``train.max_minutes`` (:mod:`medfm.train.budget`) is in
-    the checkpoint and a resumed run follows the same schedule. ``fitted`` says it was."""
+    the checkpoint. ``budget`` is the ``[max_steps, max_minutes]`` it was fitted for (None: not
+    fitted); :meth:`follow` decides, on resume, whether the saved plan still holds."""
 
     def __init__(self, warmup: int, total: int, base_lr: float, min_lr: float) -> None:
         self.warmup, self.total, self.base_lr, self.min_lr = warmup, total, base_lr, min_lr
-        self.fitted = False
+        self.budget: list | None = None
+
+    @classmethod
+    def from_config(cls, train_cfg: DictConfig) -> WarmupCosine:
+        """``train.warmup_steps``, ``max_steps``, ``lr`` and ``min_lr``."""
+        return cls(
+            int(train_cfg.warmup_steps),
+            int(train_cfg.max_steps),
+            float(train_cfg.lr),
+            float(train_cfg.min_lr),
+        )
+
+    def follow(self, train_cfg: DictConfig) -> None:
+        """After a checkpoint's state was loaded: take this config's schedule, keeping the saved
+        fitted ``total`` only when it was fitted for this config's budget (an exact resume);
+        a run resumed with another ``max_steps`` or ``max_minutes`` follows the new ones."""
+        saved_total, saved_budget = self.total, self.budget
+        self.__dict__.update(WarmupCosine.from_config(train_cfg).__dict__)
+        if saved_budget is not None and saved_budget == budget_of(train_cfg):
+            self.total, self.budget = saved_total, saved_budget
 
     def __call__(self, step: int) -> float:
         if not self.base_lr:  # train.lr=0 freezes everything
             return 0.0
         lr = warmup_cosine(step, self.warmup, self.total, self.base_lr, self.min_lr)
         return lr / self.base_lr
+
+
+def budget_of(train_cfg: DictConfig) -> list:
+    """``[max_steps, max_minutes]``: what a fitted schedule was planned for."""
+    minutes = train_cfg.get("max_minutes")
+    return [int(train_cfg.max_steps), float(minutes) if minutes else None]
 
 
 def build_optimizer(
@@ -78,10 +104,5 @@ def build_optimizer(
     for group in groups:
         group["lr"] = base_lr * group.pop("lr_scale", 1.0)
     opt = torch.optim.AdamW(groups, lr=base_lr, betas=tuple(train_cfg.betas))
-    factor = WarmupCosine(
-        int(train_cfg.warmup_steps),
-        int(train_cfg.max_steps),
-        base_lr,
-        float(train_cfg.min_lr),
-    )
+    factor = WarmupCosine.from_config(train_cfg)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)

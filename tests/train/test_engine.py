@@ -170,7 +170,8 @@ def test_the_schedule_is_fitted_to_max_minutes_and_ends_its_decay(tmp_path, monk
     result = _run(objective, clock.batches(), cfg, tmp_path / "fit")
     step, lr, sched = _lr_after(tmp_path / "fit")
     assert result.steps == step == 58
-    assert sched["lr_lambdas"][0]["total"] == 58 and sched["lr_lambdas"][0]["fitted"]
+    assert sched["lr_lambdas"][0]["total"] == 58
+    assert sched["lr_lambdas"][0]["budget"] == [1000, 1.0]
     assert lr == pytest.approx(1e-5)
 
     objective, cfg, clock = _timed(
@@ -201,3 +202,16 @@ def test_a_fitted_run_resumes_exactly_and_a_finished_one_does_nothing(tmp_path, 
     again, cfg_d, clock = _timed(tmp_path / "a", monkeypatch)
     result = _run(again, clock.batches(), cfg_d, tmp_path / "a")
     assert (result.resumed_from, result.steps, clock.now) == (58, 58, 0.0)
+
+
+def test_a_fitted_run_resumed_with_a_new_budget_plans_again(tmp_path, monkeypatch):
+    """Finished at step 58 under one minute; rerun under two, it times steps 60-69 and at step
+    69, 11 s into this invocation, fits 0.97 * 120 s - 11 s = 105.4 s: 105 more steps."""
+    objective, cfg, clock = _timed(tmp_path, monkeypatch)
+    _run(objective, clock.batches(), cfg, tmp_path)
+    longer, cfg_b, clock = _timed(tmp_path, monkeypatch, **{"train.max_minutes": 2})
+    result = _run(longer, clock.batches(), cfg_b, tmp_path)
+    step, lr, sched = _lr_after(tmp_path)
+    assert (result.resumed_from, result.steps, step) == (58, 174, 174)
+    assert sched["lr_lambdas"][0]["budget"] == [1000, 2.0]
+    assert lr == pytest.approx(1e-5)

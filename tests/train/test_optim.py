@@ -57,14 +57,22 @@ def test_steps_that_fit_the_rest_of_the_budget():
     assert steps_that_fit(11, 70.0, 1.0, 1.0, 1000) == 12  # over budget already: stop next step
 
 
-def test_a_fitted_schedule_travels_with_the_scheduler_state():
+def test_a_fitted_schedule_travels_with_the_scheduler_state_for_the_same_budget():
     cfg = load_config(None, ["model.depth=1", "train.max_steps=100", "train.warmup_steps=0"])
     model = create_backbone(cfg.model, 16, 1)
     _, sched = build_optimizer(model, cfg.train)
     factor = sched.lr_lambdas[0]
-    factor.total, factor.fitted = 10, True
+    factor.total, factor.budget = 10, [100, None]
     assert factor(5) == pytest.approx(warmup_cosine(5, 0, 10, 1.5e-3, 1e-5) / 1.5e-3)
     _, fresh = build_optimizer(model, cfg.train)
     fresh.load_state_dict(sched.state_dict())
-    assert (fresh.lr_lambdas[0].total, fresh.lr_lambdas[0].fitted) == (10, True)
+    fresh.lr_lambdas[0].follow(cfg.train)
+    assert (fresh.lr_lambdas[0].total, fresh.lr_lambdas[0].budget) == (10, [100, None])
     assert all(f is fresh.lr_lambdas[0] for f in fresh.lr_lambdas)
+
+    longer = load_config(None, ["model.depth=1", "train.max_steps=200", "train.lr=0.01"])
+    _, other = build_optimizer(model, longer.train)
+    other.load_state_dict(sched.state_dict())
+    other.lr_lambdas[0].follow(longer.train)  # another budget: the new config's schedule
+    assert vars(other.lr_lambdas[0]) == vars(build_optimizer(model, longer.train)[1].lr_lambdas[0])
+    assert (other.lr_lambdas[0].total, other.lr_lambdas[0].base_lr) == (200, 0.01)
