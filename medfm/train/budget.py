@@ -13,8 +13,11 @@ rank plans the same; the schedule's ``total`` becomes the steps that fit in
 ``MARGIN * max_minutes`` (never more than ``train.max_steps``) and the run ends there. The plan
 is made once and saved with the scheduler in the checkpoint, so a run resumed with the same
 budget keeps it and stays exact (one resumed with another ``max_steps`` or ``max_minutes``
-plans again); ``max_minutes`` still stops a run that turns out slower than planned. Monitors
-and checkpoints are not in the probe; :data:`MARGIN` leaves them 3 % of the budget.
+plans again, from the new config's schedule, as a run resumed with a larger ``max_steps``
+always has); ``max_minutes`` still stops a run that turns out slower than planned. Monitors and
+checkpoints after the probe are what :data:`MARGIN` leaves 3 % of the budget for (with
+``checkpoint_every`` or ``monitor_every`` under 10 they fall in the probe, and fewer steps are
+planned). A plan shorter than ``warmup_steps`` never decays; it is warned about.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def steps_that_fit(
     ``done + 1`` and at most ``max_steps``."""
     remaining = MARGIN * 60.0 * max_minutes - elapsed
     more = int(remaining // max(seconds_per_step, 1e-9))
-    return max(done + 1, min(int(max_steps), done + more))
+    return min(int(max_steps), max(done + 1, done + more))
 
 
 class BudgetPlanner:
@@ -77,6 +80,14 @@ class BudgetPlanner:
         elapsed = D.mean_across(elapsed, self.info)
         planned = steps_that_fit(done, elapsed, per_step, float(self.max_minutes), self.end)
         self.schedule.total, self.schedule.budget, self.active = planned, self.budget, False
+        if planned <= self.schedule.warmup:
+            log.warning(
+                "Only %d steps fit in train.max_minutes=%s, no more than train.warmup_steps=%d: "
+                "the LR will not decay; raise max_minutes or lower warmup_steps",
+                planned,
+                self.max_minutes,
+                self.schedule.warmup,
+            )
         log.info(
             "train.max_minutes=%s: at %.2f s a step, %d steps fit; the LR schedule now ends at "
             "step %d",

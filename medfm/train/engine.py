@@ -265,6 +265,13 @@ def _step(run: RunState, loop: _Loop, stream: Iterator[dict], step: int) -> tupl
     return loss, terms
 
 
+def _out_of_time(loop: _Loop, max_minutes: float, info: D.DistInfo) -> bool:
+    """Whether any process is past ``max_minutes``, decided together so every rank stops at
+    the same step (a rank stopping alone would wait in the checkpoint's gather for ever)."""
+    over = float(loop.speed.elapsed() > 60 * max_minutes)
+    return D.mean_across(over, info) > 0
+
+
 def _after_step(run: RunState, loop: _Loop, bar: tqdm, done: int, loss: float, terms: dict) -> bool:
     """Report step ``done``, run the monitor, checkpoint; whether to stop (early stopping or
     ``train.max_minutes``)."""
@@ -281,7 +288,7 @@ def _after_step(run: RunState, loop: _Loop, bar: tqdm, done: int, loss: float, t
     if done == loop.planner.end < int(tc.max_steps):
         log.info("Stopping at step %d: the schedule fitted to train.max_minutes ends here", done)
         stop = True
-    if tc.max_minutes and loop.speed.elapsed() > 60 * float(tc.max_minutes):
+    if tc.max_minutes and _out_of_time(loop, float(tc.max_minutes), run.info):
         log.info("Stopping at step %d: train.max_minutes=%s reached", done, tc.max_minutes)
         stop = True
     if stop or done % int(tc.checkpoint_every) == 0:

@@ -88,9 +88,11 @@ class WarmupCosine:
 
 
 def budget_of(train_cfg: DictConfig) -> list:
-    """``[max_steps, max_minutes]``: what a fitted schedule was planned for."""
+    """``[max_steps, max_minutes]``: what a fitted schedule was planned for (``max_minutes``
+    None when there is none, or ``train.fit_schedule_to_minutes`` is off: no plan matches)."""
     minutes = train_cfg.get("max_minutes")
-    return [int(train_cfg.max_steps), float(minutes) if minutes else None]
+    fit = minutes and train_cfg.get("fit_schedule_to_minutes", True)
+    return [int(train_cfg.max_steps), float(minutes) if fit else None]
 
 
 def build_optimizer(

@@ -185,6 +185,28 @@ def test_ddp_ranks_do_not_wait_on_a_dead_tracking_server(manifest, tmp_path, mlf
     )
 
 
+def test_ddp_ranks_plan_and_stop_a_time_budget_together(manifest, tmp_path):
+    """Under ``train.max_minutes`` both gloo processes fit the same schedule and stop at the same
+    step: one stopping alone would hang in the checkpoint's gather (hence the timeout)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    steps = ["train.max_steps=100000", "train.max_minutes=0.1", "train.checkpoint_every=100000"]
+    out = tmp_path / "budget"
+    result = subprocess.run(
+        [*torchrun, *_cmd(out, manifest, *steps)[1:]],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    plan = state["scheduler"]["lr_lambdas"][0]
+    assert plan["budget"] == [100000, 0.1] and 12 <= plan["total"] < 100000
+    assert 12 <= state["step"] <= plan["total"]  # at the plan, or earlier by the clock
+    assert _last_logged(out) <= state["step"] == len(_losses(out))
+    assert (out / "encoder.safetensors").is_file()
+
+
 OBJECTIVES = ["simclr", "hybrid", "metadata", "dino", "anatcl", "sit", "dinov2", "dinov2_sk"]
 WORKER = Path(__file__).with_name("_ddp_objectives.py")
 

@@ -55,6 +55,7 @@ def test_steps_that_fit_the_rest_of_the_budget():
     assert steps_that_fit(11, 12.0, 0.5, 1.0, 1000) == 11 + 92
     assert steps_that_fit(11, 12.0, 1.0, 1.0, 30) == 30  # never past max_steps
     assert steps_that_fit(11, 70.0, 1.0, 1.0, 1000) == 12  # over budget already: stop next step
+    assert steps_that_fit(30, 70.0, 1.0, 1.0, 30) == 30  # and never past max_steps then
 
 
 def test_a_fitted_schedule_travels_with_the_scheduler_state_for_the_same_budget():
@@ -76,3 +77,13 @@ def test_a_fitted_schedule_travels_with_the_scheduler_state_for_the_same_budget(
     other.lr_lambdas[0].follow(longer.train)  # another budget: the new config's schedule
     assert vars(other.lr_lambdas[0]) == vars(build_optimizer(model, longer.train)[1].lr_lambdas[0])
     assert (other.lr_lambdas[0].total, other.lr_lambdas[0].base_lr) == (200, 0.01)
+
+    fitted = load_config(None, ["model.depth=1", "train.max_steps=100", "train.max_minutes=3"])
+    factor.budget = [100, 3.0]
+    for fit, total in ((True, 10), (False, 100)):  # switched off on resume: the plan is dropped
+        cfg_fit = fitted.copy()
+        cfg_fit.train.fit_schedule_to_minutes = fit
+        _, resumed = build_optimizer(model, cfg_fit.train)
+        resumed.load_state_dict(sched.state_dict())
+        resumed.lr_lambdas[0].follow(cfg_fit.train)
+        assert resumed.lr_lambdas[0].total == total
