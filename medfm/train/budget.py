@@ -54,15 +54,15 @@ class BudgetPlanner:
     def __init__(
         self, schedule: WarmupCosine, train_cfg: DictConfig, start: int, info: D.DistInfo
     ) -> None:
-        fit = train_cfg.get("fit_schedule_to_minutes", True)
         self.schedule, self.info, self.start = schedule, info, start
-        self.max_minutes = train_cfg.max_minutes if fit else None
         self.budget = budget_of(train_cfg)
+        self.max_minutes = self.budget[1]  # None without max_minutes or with fitting off
         self.timed_from: tuple[int, float] | None = None
         self.active = bool(self.max_minutes) and schedule.budget is None
 
     @property
     def end(self) -> int:
+        """The schedule's last step: ``max_steps``, or a plan that is never past it."""
         return int(self.schedule.total)
 
     def observe(self, done: int, elapsed: float) -> int | None:
@@ -89,11 +89,9 @@ class BudgetPlanner:
                 self.schedule.warmup,
             )
         log.info(
-            "train.max_minutes=%s: at %.2f s a step, %d steps fit; the LR schedule now ends at "
-            "step %d",
+            "train.max_minutes=%s: at %.2f s a step, the LR schedule now ends at step %d",
             self.max_minutes,
             per_step,
-            planned,
             planned,
         )
         return planned

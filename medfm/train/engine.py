@@ -281,8 +281,7 @@ def _after_step(run: RunState, loop: _Loop, bar: tqdm, done: int, loss: float, t
         img_s=f"{now['images_per_second']:.0f}",
         wait=f"{now['data_wait']:.0%}",
     )
-    last = min(int(tc.max_steps), loop.planner.end)
-    if done % int(tc.log_every) == 0 or done == last:
+    if done % int(tc.log_every) == 0 or done == loop.planner.end:
         log_step(run, loop.logger, done, terms, loss, now)
     stop = early_stop(run, loop.monitor, done, tc, loop.logger)
     if done == loop.planner.end < int(tc.max_steps):
@@ -321,7 +320,7 @@ def train(
     planner = BudgetPlanner(run.sched.lr_lambdas[0], tc, start, info)
     loop = _Loop(tc, logger or NullLogger(), monitor, speed, start, planner)
     loss, done, stream = float("nan"), start, iter(batches(start))
-    bar = _progress_bar(start, min(int(tc.max_steps), planner.end), tc, info)
+    bar = _progress_bar(start, planner.end, tc, info)
     for step in bar:
         loss, terms = _step(run, loop, stream, step)
         done = step + 1
